@@ -1,0 +1,48 @@
+# rtvoice: the two front-door commands are `make demo` and `make test`.
+# Both bootstrap a fresh Debian machine (Python 3.11, Node.js, root): virtualenv, the
+# package with its dev extras, Debian's redis-server, and the Cosmos emulator's Node packages.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+EMULATOR_DIR := tests/cosmos_emulator
+
+.PHONY: test demo install lint typecheck pytest system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# redis-server from Debian packages, only if missing.
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package)"; \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server could not be installed" >&2; exit 1; }
+
+$(EMULATOR_DIR)/node_modules/.installed: $(EMULATOR_DIR)/package.json $(EMULATOR_DIR)/package-lock.json
+	cd $(EMULATOR_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+lint: install
+	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install system-deps $(EMULATOR_DIR)/node_modules/.installed
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+demo: install system-deps
+	$(BIN)/rtvoice demo
+
+clean:
+	rm -rf $(VENV) $(EMULATOR_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,44 @@
+"""Shared fixtures: real redis-server and Cosmos emulator processes, started once per session."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from storage.keys import RedisKeyManager
+from storage.local_redis import LocalRedisServer
+from tests.servers import EMULATOR_KEY, CosmosEmulator
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[LocalRedisServer]:
+    server = LocalRedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: LocalRedisServer) -> str:
+    if not redis_server.running:  # a fault test may have stopped it
+        redis_server.start()
+    return redis_server.url
+
+
+@pytest.fixture
+def key_manager() -> RedisKeyManager:
+    """A key manager with a unique environment per test, so tests never share keys."""
+    return RedisKeyManager(app_prefix="rtvoice", environment=f"t{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture(scope="session")
+def cosmos_emulator() -> Iterator[CosmosEmulator]:
+    emulator = CosmosEmulator().start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def cosmos_key() -> str:
+    return EMULATOR_KEY

@@ -1,0 +1,74 @@
+"""Real servers for the tests: the Cosmos protocol emulator (Node) beside storage.local_redis."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+from storage.local_redis import free_port
+
+EMULATOR_DIR = Path(__file__).parent / "cosmos_emulator"
+EMULATOR_BIN = EMULATOR_DIR / "node_modules" / ".bin" / "cosmosdb-server"
+# The emulator accepts any key; the SDK only needs valid base64.
+EMULATOR_KEY = "dGVzdC1rZXktZm9yLXRoZS1sb2NhbC1jb3Ntb3MtZW11bGF0b3I="
+
+
+class CosmosEmulator:
+    """``@vercel/cosmosdb-server`` over HTTPS with its self-signed certificate; data in memory."""
+
+    def __init__(self, port: int | None = None) -> None:
+        if not EMULATOR_BIN.exists():
+            raise RuntimeError(
+                f"{EMULATOR_BIN} missing: run `npm ci` in tests/cosmos_emulator (make test does)"
+            )
+        self.port = port or free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 20.0) -> CosmosEmulator:
+        if self.running:
+            return self
+        self._proc = subprocess.Popen(
+            [str(EMULATOR_BIN), "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the emulator's self-signed certificate, tests only
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"cosmosdb-server exited with {self._proc.returncode}")
+            try:
+                with (
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw,
+                    ctx.wrap_socket(raw),
+                ):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"cosmosdb-server did not answer on port {self.port}")
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+        self._proc = None

@@ -1,0 +1,91 @@
+"""Authentication of what ACS sends: RS256 JWTs (callbacks, media WebSockets) and URL secrets.
+
+Never logs a token or a secret; failures carry only a short reason code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+import jwt
+
+
+class AuthError(Exception):
+    """Authentication failed; ``reason`` is a short code safe to log and count."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class JwtPolicy:
+    issuer: str
+    jwks_url: str
+    audience: str
+    leeway_s: float = 30.0
+
+
+class AcsTokenVerifier:
+    """Verifies ``Authorization: Bearer`` tokens against the issuer's JWKS (cached by PyJWT)."""
+
+    def __init__(self, policy: JwtPolicy) -> None:
+        self.policy = policy
+        # PyJWKClient caches the key set and refetches once on an unknown key id.
+        self._jwks = jwt.PyJWKClient(policy.jwks_url, cache_keys=True, lifespan=3600, timeout=5)
+
+    async def verify(self, authorization: str | None) -> dict[str, object]:
+        if not authorization:
+            raise AuthError("missing_token")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise AuthError("bad_scheme")
+        try:
+            # The JWKS fetch is blocking I/O (rare: cached); keep it off the event loop.
+            key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+            claims: dict[str, object] = jwt.decode(
+                token,
+                key.key,
+                algorithms=["RS256"],
+                audience=self.policy.audience,
+                issuer=self.policy.issuer,
+                leeway=self.policy.leeway_s,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("expired_token") from None
+        except jwt.PyJWKClientConnectionError:
+            raise AuthError("jwks_unreachable") from None
+        except jwt.PyJWTError:
+            raise AuthError("invalid_token") from None
+        return claims
+
+
+class UrlSecrets:
+    """Per-call secrets for callback and WebSocket URLs, derived from one gateway secret.
+
+    ``sign(nonce)`` is an HMAC, so every replica sharing the gateway secret verifies any call's URL
+    without shared state; comparison is constant-time.
+    """
+
+    def __init__(self, gateway_secret: bytes) -> None:
+        if len(gateway_secret) < 16:
+            raise ValueError("gateway secret must be at least 16 bytes")
+        self._key = gateway_secret
+
+    @staticmethod
+    def new_nonce() -> str:
+        return secrets.token_urlsafe(12)
+
+    def sign(self, nonce: str) -> str:
+        return hmac.new(self._key, nonce.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def verify(self, nonce: str | None, signature: str | None) -> None:
+        if not nonce or not signature:
+            raise AuthError("missing_secret")
+        if not hmac.compare_digest(self.sign(nonce), signature):
+            raise AuthError("bad_secret")

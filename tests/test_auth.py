@@ -1,0 +1,95 @@
+"""JWT checks against a real JWKS served over HTTP on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gateway.auth import AcsTokenVerifier, AuthError, JwtPolicy, UrlSecrets
+
+ISSUER = "https://acscallautomation.communication.azure.com"
+AUDIENCE = "resource-immutable-id"
+
+
+@pytest.fixture(scope="module")
+def signing_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def jwks_url(signing_key: rsa.RSAPrivateKey) -> Iterator[str]:
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(signing_key.public_key()))
+    jwk.update(kid="k1", use="sig", alg="RS256")
+    body = json.dumps({"keys": [jwk]}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/calling/keys"
+    server.shutdown()
+
+
+def _token(key: rsa.RSAPrivateKey, **claims: object) -> str:
+    now = int(time.time())
+    payload = {"iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300, **claims}
+    return jwt.encode(payload, key, algorithm="RS256", headers={"kid": "k1"})
+
+
+async def test_valid_token_is_accepted(signing_key: rsa.RSAPrivateKey, jwks_url: str) -> None:
+    verifier = AcsTokenVerifier(JwtPolicy(ISSUER, jwks_url, AUDIENCE))
+    claims = await verifier.verify("Bearer " + _token(signing_key))
+    assert claims["aud"] == AUDIENCE
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda k: None, "missing_token"),
+        (lambda k: "Basic abc", "bad_scheme"),
+        (lambda k: "Bearer " + _token(k, exp=int(time.time()) - 3600), "expired_token"),
+        (lambda k: "Bearer " + _token(k, aud="someone-else"), "invalid_token"),
+        (lambda k: "Bearer " + _token(k, iss="https://evil.example"), "invalid_token"),
+        (lambda k: "Bearer " + _token(k)[:-4] + "AAAA", "invalid_token"),
+        (
+            lambda k: (
+                "Bearer " + _token(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+            ),
+            "invalid_token",
+        ),
+    ],
+)
+async def test_bad_tokens_are_refused(
+    signing_key: rsa.RSAPrivateKey, jwks_url: str, make: object, reason: str
+) -> None:
+    verifier = AcsTokenVerifier(JwtPolicy(ISSUER, jwks_url, AUDIENCE))
+    with pytest.raises(AuthError) as info:
+        await verifier.verify(make(signing_key))  # type: ignore[operator]
+    assert info.value.reason == reason
+
+
+def test_url_secrets_constant_time_verify() -> None:
+    url_secrets = UrlSecrets(b"s" * 32)
+    nonce = url_secrets.new_nonce()
+    url_secrets.verify(nonce, url_secrets.sign(nonce))
+    with pytest.raises(AuthError, match="bad_secret"):
+        url_secrets.verify(nonce, "0" * 32)
+    with pytest.raises(AuthError, match="missing_secret"):
+        url_secrets.verify(nonce, None)
+    with pytest.raises(ValueError, match="16 bytes"):
+        UrlSecrets(b"short")

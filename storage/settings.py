@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     acs_jwt_issuer: str = "https://acscallautomation.communication.azure.com"
     acs_jwks_url: str = "https://acscallautomation.communication.azure.com/calling/keys"
     acs_audience: str | None = None
+    # Shared by all gateway replicas: signs the per-call secrets in callback and WebSocket URLs.
+    gateway_secret: SecretStr | None = None
+    media_wait_s: float = Field(default=10.0, gt=0, le=120)
     audio_format: Literal["pcm16KMono", "pcm24KMono"] = "pcm16KMono"
     audio_channel_type: Literal["mixed", "unmixed"] = "mixed"
     transcription_locale: str = "en-US"

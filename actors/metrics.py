@@ -1,0 +1,101 @@
+"""Live per-call counters, and their export through ``ray.util.metrics``.
+
+Exported series are tagged by node and call state only, never by call id (unbounded cardinality).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class LiveMetrics:
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_dropped: int = 0  # inbound overwritten in the ring or refused, outbound overflow
+    frames_late: int = 0
+    invalid_messages: Counter[str] = field(default_factory=Counter)  # by reason code
+    protocol_errors: Counter[str] = field(default_factory=Counter)  # connection-level refusals
+    connections: int = 0
+    turns: int = 0
+    barge_ins: int = 0
+    events: int = 0
+    duplicate_events: int = 0
+    checkpoints: int = 0
+    checkpoint_failures: int = 0
+    checkpoint_ms_last: float = 0.0
+    checkpoint_ms_max: float = 0.0
+    checkpoint_ms_total: float = 0.0
+    tts_hits: int = 0
+    tts_misses: int = 0
+
+    def checkpoint_done(self, seconds: float) -> None:
+        ms = seconds * 1000.0
+        self.checkpoints += 1
+        self.checkpoint_ms_last = ms
+        self.checkpoint_ms_total += ms
+        self.checkpoint_ms_max = max(self.checkpoint_ms_max, ms)
+
+    def snapshot(self) -> dict[str, Any]:
+        mean = self.checkpoint_ms_total / self.checkpoints if self.checkpoints else 0.0
+        return {
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "frames_dropped": self.frames_dropped,
+            "frames_late": self.frames_late,
+            "invalid_messages": dict(self.invalid_messages),
+            "protocol_errors": dict(self.protocol_errors),
+            "connections": self.connections,
+            "turns": self.turns,
+            "barge_ins": self.barge_ins,
+            "events": self.events,
+            "duplicate_events": self.duplicate_events,
+            "checkpoints": self.checkpoints,
+            "checkpoint_failures": self.checkpoint_failures,
+            "checkpoint_ms_last": round(self.checkpoint_ms_last, 3),
+            "checkpoint_ms_max": round(self.checkpoint_ms_max, 3),
+            "checkpoint_ms_mean": round(mean, 3),
+            "tts_hits": self.tts_hits,
+            "tts_misses": self.tts_misses,
+        }
+
+
+_COUNTERS = ("frames_in", "frames_out", "frames_dropped", "frames_late", "turns", "barge_ins")
+
+
+class RayMetricsExporter:
+    """Pushes LiveMetrics deltas to Ray's metrics agent; call ``flush`` periodically."""
+
+    def __init__(self, node_id: str) -> None:
+        from ray.util import metrics  # imported here: only inside a Ray worker
+
+        self._node = node_id
+        tags = ("node", "state")
+        self._counters = {
+            name: metrics.Counter(f"rtvoice_call_{name}_total", "call actor " + name, tags)
+            for name in (*_COUNTERS, "invalid_messages", "checkpoint_failures")
+        }
+        self._checkpoint = metrics.Histogram(
+            "rtvoice_call_checkpoint_ms",
+            "checkpoint round trip in milliseconds",
+            boundaries=[1, 2, 5, 10, 25, 50, 100, 250, 1000],
+            tag_keys=tags,
+        )
+        self._last: dict[str, float] = {}
+        self._last_checkpoints = 0
+
+    def flush(self, live: LiveMetrics, state: str) -> None:
+        tags = {"node": self._node, "state": state}
+        current = {name: float(getattr(live, name)) for name in _COUNTERS}
+        current["invalid_messages"] = float(sum(live.invalid_messages.values()))
+        current["checkpoint_failures"] = float(live.checkpoint_failures)
+        for name, value in current.items():
+            delta = value - self._last.get(name, 0.0)
+            if delta > 0:
+                self._counters[name].inc(delta, tags=tags)
+        self._last = current
+        if live.checkpoints > self._last_checkpoints:
+            self._checkpoint.observe(live.checkpoint_ms_last, tags=tags)
+            self._last_checkpoints = live.checkpoints

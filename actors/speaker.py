@@ -1,0 +1,157 @@
+"""Speakers: how an assistant reply reaches the caller (local PCM stream or ACS play_media).
+
+``synthesize`` is a deterministic stand-in for TTS (no model, no network). Speakers never write
+conversation state; the PCM speaker reads and fills the shared TTS cache only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Protocol
+
+import numpy as np
+
+from actors.outbound_audio import OutboundQueue
+from storage.errors import RedisUnavailableError
+
+log = logging.getLogger(__name__)
+
+SYLLABLE_SECONDS = 0.12
+PAUSE_SECONDS = 0.06
+
+
+class Speaker(Protocol):
+    @property
+    def speaking(self) -> bool: ...
+
+    async def speak(self, text: str) -> None: ...
+
+    async def stop(self) -> None:
+        """Stop playback now (barge-in)."""
+
+    def play_finished(self) -> None:
+        """ACS reported PlayCompleted / PlayFailed / PlayCanceled."""
+
+    async def close(self) -> None: ...
+
+
+class TtsCache(Protocol):
+    async def get_tts(self, voice: str, audio_format: str, text: str) -> bytes | None: ...
+
+    async def set_tts(self, voice: str, audio_format: str, text: str, pcm: bytes) -> None: ...
+
+
+def synthesize(text: str, voice: str, sample_rate: int) -> bytes:
+    """Speech-like PCM16 for ``text``: one enveloped two-tone syllable per 3 letters of each word.
+
+    Deterministic in (text, voice, sample_rate), so cached and fresh audio are identical.
+    """
+    seed = int.from_bytes(hashlib.sha256(voice.encode()).digest()[:2], "big")
+    base = 110.0 + seed % 110  # the voice's pitch
+    syllable_n = int(SYLLABLE_SECONDS * sample_rate)
+    pause = np.zeros(int(PAUSE_SECONDS * sample_rate), dtype=np.float32)
+    t = np.arange(syllable_n, dtype=np.float32) / sample_rate
+    envelope = np.sin(np.pi * np.arange(syllable_n, dtype=np.float32) / syllable_n)
+    pieces: list[np.ndarray] = []
+    for word in text.split():
+        for i in range(0, len(word), 3):
+            chunk = word[i : i + 3]
+            f0 = base * (1.0 + (sum(map(ord, chunk)) % 12) / 24.0)
+            wave = 0.6 * np.sin(2 * np.pi * f0 * t) + 0.25 * np.sin(2 * np.pi * 2 * f0 * t)
+            pieces.append((wave * envelope).astype(np.float32))
+        pieces.append(pause)
+    if not pieces:
+        return b""
+    audio = np.concatenate(pieces) * 0.4 * 32767
+    return audio.astype("<i2").tobytes()
+
+
+class PcmSpeaker:
+    """Synthesizes locally (through the TTS cache) and queues PCM for the real-time pacer."""
+
+    def __init__(
+        self,
+        cache: TtsCache,
+        queue: OutboundQueue,
+        *,
+        voice: str,
+        audio_format: str,
+        sample_rate: int,
+    ) -> None:
+        self._cache = cache
+        self._queue = queue
+        self.voice = voice
+        self.audio_format = audio_format
+        self.sample_rate = sample_rate
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def speaking(self) -> bool:
+        return len(self._queue) > 0
+
+    async def pcm_for(self, text: str) -> bytes:
+        try:
+            cached = await self._cache.get_tts(self.voice, self.audio_format, text)
+        except RedisUnavailableError:
+            cached = None  # the cache is an optimisation; speak anyway
+        if cached is not None:
+            self.hits += 1
+            return cached
+        self.misses += 1
+        pcm = synthesize(text, self.voice, self.sample_rate)
+        try:
+            await self._cache.set_tts(self.voice, self.audio_format, text, pcm)
+        except RedisUnavailableError:
+            log.info("tts cache unavailable; reply not cached")
+        return pcm
+
+    async def speak(self, text: str) -> None:
+        self._queue.enqueue(await self.pcm_for(text))
+
+    async def stop(self) -> None:
+        self._queue.clear()
+
+    def play_finished(self) -> None:
+        """Local playback ends when the queue drains; nothing to track."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+class AcsPlaySpeaker:
+    """Asks ACS to speak the reply (``play_media`` with a TextSource); ACS runs the TTS."""
+
+    def __init__(self, endpoint: str, access_key: str, call_id: str, *, voice: str) -> None:
+        from azure.communication.callautomation.aio import CallAutomationClient
+        from azure.core.credentials import AzureKeyCredential
+
+        # Constructed directly (not from a connection string) so a plain-http stand-in works.
+        self._client = CallAutomationClient(endpoint, AzureKeyCredential(access_key))
+        self._call = self._client.get_call_connection(call_id)
+        self.voice = voice
+        self._speaking = False
+
+    @property
+    def speaking(self) -> bool:
+        return self._speaking
+
+    async def speak(self, text: str) -> None:
+        from azure.communication.callautomation import TextSource
+
+        await self._call.play_media_to_all(
+            TextSource(text=text, voice_name=self.voice), operation_context="rtvoice-reply"
+        )
+        self._speaking = True
+
+    async def stop(self) -> None:
+        if self._speaking:
+            self._speaking = False
+            await self._call.cancel_all_media_operations()
+
+    def play_finished(self) -> None:
+        self._speaking = False
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,107 @@
+"""Where each call's actor is: affinity records in Redis (with a small local cache) and Ray.
+
+The gateway's only link to actors. Activates an actor only for calls this deployment answered
+(a call session exists in Redis) and never for a call that has ended (its summary exists).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import ray
+
+from actors.activation import aget_or_activate
+from actors.config import CallActorConfig
+from gateway.stream_bridge import CallEnded, Endpoint
+from storage.errors import StorageError
+from storage.redis_manager import AffinityRecord, AsyncAzureRedisManager
+
+log = logging.getLogger(__name__)
+
+
+class ActorDirectory:
+    def __init__(
+        self,
+        redis_mgr: AsyncAzureRedisManager,
+        config: CallActorConfig,
+        *,
+        cache_ttl_s: float = 2.0,
+    ) -> None:
+        self._redis = redis_mgr
+        self._config = config
+        self._cache_ttl_s = cache_ttl_s
+        self._cache: dict[str, tuple[float, Endpoint]] = {}
+        self._handles: dict[str, Any] = {}
+        self._inflight: set[asyncio.Future[Any]] = set()
+
+    async def activate(self, call_id: str, incoming: dict[str, Any] | None = None) -> Endpoint:
+        """Get or create the call's actor and wait until its stream endpoint is registered."""
+        handle = await aget_or_activate(call_id, self._config, incoming=incoming)
+        self._handles[call_id] = handle
+        info = await handle.activate.remote(incoming)
+        endpoint = Endpoint(info["host"], int(info["port"]), info["token"], int(info["epoch"]))
+        self._cache[call_id] = (time.monotonic(), endpoint)
+        return endpoint
+
+    async def is_known(self, call_id: str) -> bool:
+        """This deployment answered the call (its session is in Redis)."""
+        return await self._redis.load_call_session(call_id) is not None
+
+    async def has_ended(self, call_id: str) -> bool:
+        return await self._redis.get_call_summary(call_id) is not None
+
+    async def resolve(self, call_id: str, refresh: bool) -> Endpoint | None:
+        """The actor's current endpoint; None while unknown or unreachable; CallEnded when over."""
+        cached = self._cache.get(call_id)
+        if cached and not refresh and time.monotonic() - cached[0] < self._cache_ttl_s:
+            return cached[1]
+        try:
+            record: AffinityRecord | None = await self._redis.get_affinity(call_id)
+            if record is not None and not (refresh and cached and record.epoch <= cached[1].epoch):
+                endpoint = Endpoint(record.host, record.port, record.token, record.epoch)
+                self._cache[call_id] = (time.monotonic(), endpoint)
+                return endpoint
+            if await self.has_ended(call_id):
+                self.forget(call_id)
+                raise CallEnded(call_id)
+            if not await self.is_known(call_id):
+                return None
+        except StorageError as exc:
+            # Redis unreachable: fall back to asking Ray, which holds the actor regardless.
+            log.warning("affinity lookup failed: %s", type(exc).__name__)
+        try:
+            return await self.activate(call_id)
+        except ray.exceptions.RayError as exc:
+            log.warning("actor activation failed: %s", type(exc).__name__)
+            return None
+
+    async def deliver(self, call_id: str, event: dict[str, Any]) -> bool:
+        """Hand one callback event to the call's actor without waiting for it to be handled."""
+        handle = self._handles.get(call_id)
+        if handle is None:
+            try:
+                handle = await asyncio.to_thread(
+                    ray.get_actor, call_id, namespace=self._config.namespace
+                )
+            except ValueError:
+                if await self.has_ended(call_id) or not await self.is_known(call_id):
+                    return False
+                await self.activate(call_id)
+                handle = self._handles[call_id]
+            self._handles[call_id] = handle
+        future = asyncio.wrap_future(handle.handle_event.remote(event).future())
+        self._inflight.add(future)
+        future.add_done_callback(self._event_done)
+        return True
+
+    def _event_done(self, future: asyncio.Future[Any]) -> None:
+        self._inflight.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("actor event delivery failed: %s", type(future.exception()).__name__)
+
+    def forget(self, call_id: str) -> None:
+        self._cache.pop(call_id, None)
+        self._handles.pop(call_id, None)

@@ -1,0 +1,281 @@
+"""The ACS-facing Starlette app: Event Grid webhook, callbacks, media/transcription WebSockets,
+health and metrics.
+
+Holds no call state beyond open sockets; every decision about a call is the actor's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import ray
+from azure.communication.callautomation.aio import CallAutomationClient
+from azure.core.exceptions import AzureError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from gateway import status
+from gateway.acs_events import BadPayload, IncomingCall, parse_callbacks, parse_event_grid
+from gateway.actor_directory import ActorDirectory
+from gateway.answering import (
+    CALLBACK_PATH,
+    MEDIA_PATH,
+    TRANSCRIPTION_PATH,
+    answer_call,
+    plan_answer,
+)
+from gateway.auth import AcsTokenVerifier, AuthError, UrlSecrets
+from gateway.dedupe import RecentIds
+from gateway.metrics import GatewayMetrics
+from gateway.stream_bridge import StreamBridge
+from storage.errors import StorageError
+from storage.keys import validate_identifier
+from storage.redis_manager import AsyncAzureRedisManager
+
+log = logging.getLogger(__name__)
+
+CALL_ID_HEADER = "x-ms-call-connection-id"
+WORKER_HEARTBEAT_S = 10.0
+
+
+@dataclass
+class Gateway:
+    """Everything the routes need, passed in (no globals)."""
+
+    replica_id: str
+    public_url: str
+    redis: AsyncAzureRedisManager
+    acs: CallAutomationClient
+    directory: ActorDirectory
+    url_secrets: UrlSecrets
+    verifier: AcsTokenVerifier | None
+    metrics: GatewayMetrics
+    audio_format: str = "pcm16KMono"
+    audio_channel_type: str = "mixed"
+    locale: str = "en-US"
+    media_wait_s: float = 10.0
+    recent_events: RecentIds = field(default_factory=RecentIds)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Any) -> None:
+        """Run work ACS must not wait for; keep a reference so it is not collected."""
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+async def _authenticate(gw: Gateway, authorization: str | None, query: Any) -> None:
+    gw.url_secrets.verify(query.get("n"), query.get("s"))
+    if gw.verifier is not None:
+        await gw.verifier.verify(authorization)
+
+
+def _json(data: Any, code: int = status.HTTP_OK) -> Response:
+    return Response(orjson.dumps(data), status_code=code, media_type="application/json")
+
+
+async def incoming_call(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    try:
+        post = parse_event_grid(await request.body())
+    except BadPayload as exc:
+        gw.metrics.refuse("event_grid", exc.reason)
+        return _json({"error": exc.reason}, status.HTTP_BAD_REQUEST)
+    if post.validation_code is not None:
+        return _json({"validationResponse": post.validation_code})
+    for call in post.incoming_calls:
+        gw.spawn(_answer(gw, call))
+    return Response(status_code=status.HTTP_OK)
+
+
+async def _answer(gw: Gateway, call: IncomingCall) -> None:
+    plan = plan_answer(
+        gw.public_url,
+        gw.url_secrets,
+        audio_format=gw.audio_format,
+        audio_channel_type=gw.audio_channel_type,
+        locale=gw.locale,
+    )
+    try:
+        call_id = await answer_call(gw.acs, call, plan)
+        validate_identifier(call_id, "call connection id")
+    except (AzureError, ValueError) as exc:
+        gw.metrics.refuse("answer", type(exc).__name__)
+        log.warning("answering a call failed: %s", type(exc).__name__)
+        return
+    gw.metrics.calls_answered.inc()
+    incoming = call.to_dict() | {"call_id": call_id, "answered_by": gw.replica_id}
+    try:
+        await gw.redis.store_call_session(call_id, incoming)
+        await gw.directory.activate(call_id, incoming)
+    except (StorageError, ray.exceptions.RayError) as exc:
+        log.error("activating call actor failed: %s", type(exc).__name__)
+
+
+async def callbacks(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    try:
+        await _authenticate(gw, request.headers.get("authorization"), request.query_params)
+    except AuthError as exc:
+        gw.metrics.refuse("callback", exc.reason)
+        return _json(
+            {"error": {"code": "Unauthorized", "message": exc.reason}},
+            status.HTTP_UNAUTHORIZED,
+        )
+    try:
+        events = parse_callbacks(await request.body())
+    except BadPayload as exc:
+        gw.metrics.refuse("callback", exc.reason)
+        return _json({"error": exc.reason}, status.HTTP_BAD_REQUEST)
+    for event in events:
+        try:
+            validate_identifier(event.call_connection_id, "call connection id")
+        except ValueError:
+            gw.metrics.refuse("callback", "bad_call_id")
+            continue
+        if not gw.recent_events.first_time(event.id):
+            gw.metrics.duplicate_events.inc()
+            continue
+        gw.spawn(_deliver(gw, event.call_connection_id, event.to_dict()))
+    return Response(status_code=status.HTTP_OK)
+
+
+async def _deliver(gw: Gateway, call_id: str, event: dict[str, Any]) -> None:
+    try:
+        if not await gw.directory.deliver(call_id, event):
+            gw.metrics.refuse("callback", "unknown_call")
+    except (StorageError, ray.exceptions.RayError) as exc:
+        log.warning("event delivery failed: %s", type(exc).__name__)
+
+
+async def _stream(websocket: WebSocket, stream: str) -> None:
+    gw: Gateway = websocket.app.state.gateway
+    await websocket.accept()  # accept first: ACS expects close code 1008 for a bad token
+    try:
+        await _authenticate(gw, websocket.headers.get("authorization"), websocket.query_params)
+        call_id = validate_identifier(websocket.headers.get(CALL_ID_HEADER, ""), "call id")
+    except (AuthError, ValueError) as exc:
+        gw.metrics.refuse(stream, getattr(exc, "reason", "bad_call_id"))
+        await websocket.close(status.WS_POLICY_VIOLATION)
+        return
+    if not await _wait_until_known(gw, call_id):
+        gw.metrics.refuse(stream, "unknown_call")
+        await websocket.close(status.WS_POLICY_VIOLATION)
+        return
+    bridge = StreamBridge(websocket, call_id, stream, gw.directory.resolve, gw.metrics)
+    gw.metrics.open_sockets.labels(stream=stream).inc()
+    await _claim_socket(gw, call_id, stream)
+    try:
+        await bridge.connect()
+        code = await bridge.run()
+    except Exception as exc:  # one call's failure must never take the replica down
+        log.warning("stream bridge failed: %s", type(exc).__name__)
+        code = status.WS_INTERNAL_ERROR
+    finally:
+        gw.metrics.open_sockets.labels(stream=stream).dec()
+        await _release_socket(gw, call_id, stream)
+    with contextlib.suppress(RuntimeError):
+        await websocket.close(code)
+
+
+async def _wait_until_known(gw: Gateway, call_id: str) -> bool:
+    """ACS may connect before this replica has seen the answer complete: wait a little."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + gw.media_wait_s
+    while True:
+        try:
+            if await gw.directory.is_known(call_id):
+                return True
+        except StorageError:
+            return True  # Redis down: let Ray decide whether the actor exists
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
+
+
+async def _claim_socket(gw: Gateway, call_id: str, stream: str) -> None:
+    if stream != "media":
+        return
+    with contextlib.suppress(StorageError):
+        await gw.redis.add_worker_call(gw.replica_id, call_id)
+        await gw.redis.set_media_replica(call_id, gw.replica_id)
+
+
+async def _release_socket(gw: Gateway, call_id: str, stream: str) -> None:
+    if stream != "media":
+        return
+    with contextlib.suppress(StorageError):
+        await gw.redis.remove_worker_call(gw.replica_id, call_id)
+
+
+async def media_socket(websocket: WebSocket) -> None:
+    await _stream(websocket, "media")
+
+
+async def transcription_socket(websocket: WebSocket) -> None:
+    await _stream(websocket, "transcription")
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def readyz(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    checks = {"ray": ray.is_initialized(), "redis": False}
+    try:
+        checks["redis"] = await gw.redis.ping()
+    except StorageError:
+        checks["redis"] = False
+    ready = checks["ray"]  # without Redis calls go on from actor memory: degraded, not down
+    body = {"status": "ok" if all(checks.values()) else "degraded", "checks": checks}
+    code = status.HTTP_OK if ready else status.HTTP_SERVICE_UNAVAILABLE
+    return JSONResponse(body, status_code=code)
+
+
+async def metrics(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+async def _heartbeat(gw: Gateway) -> None:
+    while True:
+        with contextlib.suppress(StorageError):
+            await gw.redis.heartbeat_worker(gw.replica_id)
+        await asyncio.sleep(WORKER_HEARTBEAT_S)
+
+
+def create_app(gateway: Gateway) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        heartbeat = asyncio.create_task(_heartbeat(gateway))
+        try:
+            yield
+        finally:
+            heartbeat.cancel()
+            for task in list(gateway.tasks):
+                task.cancel()
+
+    app = Starlette(
+        routes=[
+            Route("/api/incoming-call", incoming_call, methods=["POST"]),
+            Route(CALLBACK_PATH, callbacks, methods=["POST"]),
+            WebSocketRoute(MEDIA_PATH, media_socket),
+            WebSocketRoute(TRANSCRIPTION_PATH, transcription_socket),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    return app

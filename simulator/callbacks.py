@@ -1,0 +1,81 @@
+"""Delivery of Call Automation callbacks: CloudEvent arrays POSTed with a fresh RS256 bearer token.
+
+Owns the delivery knobs (duplicate, reorder, delay, retry); never builds event bodies itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import httpx
+import orjson
+
+from simulator.jwt_issuer import CALLBACK_TOKEN_LIFETIME_S, JwtIssuer, TokenFault
+from simulator.script import CallbackKnobs
+from simulator.wire import Json
+
+RETRY_BACKOFF_S = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    event_type: str
+    event_id: str
+    status: int | None  # None: the gateway could not be reached
+
+    @property
+    def accepted(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+def delivery_order(events: list[Json], knobs: CallbackKnobs) -> list[Json]:
+    """The order the gateway will see: neighbours swapped when reordering, each twice if duplicating."""
+    ordered = list(events)
+    if knobs.reorder:
+        for i in range(0, len(ordered) - 1, 2):
+            ordered[i], ordered[i + 1] = ordered[i + 1], ordered[i]
+    if knobs.duplicate:
+        ordered = [event for event in ordered for _ in range(2)]
+    return ordered
+
+
+class CallbackSender:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        issuer: JwtIssuer,
+        knobs: CallbackKnobs,
+        token_fault: TokenFault = TokenFault.NONE,
+    ) -> None:
+        self._http = http
+        self._issuer = issuer
+        self._knobs = knobs
+        self._token_fault = token_fault
+
+    async def deliver(self, url: str, events: list[Json]) -> list[Delivery]:
+        """POST each event as its own one-element array, in ``delivery_order``."""
+        results = []
+        for event in delivery_order(events, self._knobs):
+            if self._knobs.delay_s:
+                await asyncio.sleep(self._knobs.delay_s)
+            results.append(await self._post(url, event))
+        return results
+
+    async def _post(self, url: str, event: Json) -> Delivery:
+        body = orjson.dumps([event])
+        status: int | None = None
+        for attempt in range(self._knobs.retries + 1):
+            if attempt:
+                await asyncio.sleep(RETRY_BACKOFF_S * attempt)
+            headers = {"Content-Type": "application/json"}
+            headers.update(self._issuer.bearer(CALLBACK_TOKEN_LIFETIME_S, self._token_fault))
+            try:
+                response = await self._http.post(url, content=body, headers=headers)
+            except httpx.HTTPError:
+                status = None
+                continue
+            status = response.status_code
+            if status < 500:
+                break
+        return Delivery(str(event["type"]), str(event["id"]), status)

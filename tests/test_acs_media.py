@@ -1,0 +1,91 @@
+import base64
+
+import orjson
+import pytest
+
+from actors.acs_media import (
+    AudioData,
+    AudioMetadata,
+    DtmfData,
+    InvalidMessage,
+    TranscriptionData,
+    TranscriptionMetadata,
+    outbound_audio,
+    parse_message,
+    stop_audio,
+)
+
+PCM = bytes(range(256)) * 2 + bytes(128)  # 640 bytes
+
+
+def audio(pcm: bytes = PCM, key: str = "participantRawID", **extra: object) -> str:
+    body = {"timestamp": "2024-11-15T19:16:12.925Z", key: "4:+1425", "data": base64.b64encode(pcm).decode()}
+    body.update(extra)
+    return orjson.dumps({"kind": "AudioData", "audioData": body}).decode()
+
+
+def test_audio_data_both_participant_casings() -> None:
+    for key in ("participantRawID", "participantRawId"):
+        msg = parse_message(audio(key=key), frame_bytes=640)
+        assert isinstance(msg, AudioData)
+        assert msg.participant == "4:+1425" and msg.pcm == PCM and not msg.silent
+
+
+def test_pascal_case_keys_and_silent_frame_without_data() -> None:
+    raw = orjson.dumps({"Kind": "AudioData", "AudioData": {"Data": "", "Silent": True}})
+    msg = parse_message(raw, frame_bytes=640)
+    assert isinstance(msg, AudioData) and msg.silent and msg.pcm == bytes(640)
+
+
+def test_metadata_dtmf_transcription() -> None:
+    meta = parse_message(
+        '{"kind":"AudioMetadata","audioMetadata":{"subscriptionId":"s","encoding":"PCM",'
+        '"sampleRate":16000,"channels":1,"length":640}}'
+    )
+    assert meta == AudioMetadata("s", "PCM", 16000, 1, 640)
+    assert parse_message('{"kind":"DtmfData","dtmfData":{"data":"3"}}') == DtmfData("3")
+    tmeta = parse_message(
+        '{"kind":"TranscriptionMetadata","transcriptionMetadata":{"subscriptionId":"s",'
+        '"locale":"en-US","callConnectionId":"c","correlationId":"r"}}'
+    )
+    assert tmeta == TranscriptionMetadata("s", "en-US", "c", "r")
+    t = parse_message(
+        '{"kind":"TranscriptionData","transcriptionData":{"text":"Hello everyone.","format":"display",'
+        '"confidence":0.92,"offset":212483227,"duration":9600000,"words":[{"text":"hello",'
+        '"offset":212483227,"duration":2800000}],"participantRawID":"4:+1","resultStatus":"Final"}}'
+    )
+    assert isinstance(t, TranscriptionData)
+    assert (t.text, t.final, t.confidence, t.participant) == ("Hello everyone.", True, 0.92, "4:+1")
+    assert t.words[0].text == "hello"
+    partial = parse_message(
+        '{"kind":"TranscriptionData","transcriptionData":{"text":"Hel","resultStatus":"Intermediate"}}'
+    )
+    assert isinstance(partial, TranscriptionData) and not partial.final and partial.confidence is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("{not json", "invalid_json"),
+        ("[1,2]", "invalid_json"),
+        ('{"kind":"VideoData","videoData":{}}', "unknown_kind"),
+        ('{"audioData":{}}', "missing_field"),
+        ('{"kind":"AudioData"}', "missing_field"),
+        ('{"kind":"TranscriptionData","transcriptionData":{"confidence":1}}', "missing_field"),
+        ('{"kind":"AudioData","audioData":{"data":"!!notbase64!!"}}', "bad_base64"),
+        (audio(PCM[:639]), "bad_frame_length"),
+        (audio(PCM[:320]), "bad_frame_length"),
+        ('{"kind":"DtmfData","dtmfData":{"data":"' + "1" * 70000 + '"}}', "oversized"),
+    ],
+)
+def test_invalid_messages_have_reason_codes_without_payload(raw: str, reason: str) -> None:
+    with pytest.raises(InvalidMessage) as info:
+        parse_message(raw, frame_bytes=640)
+    assert info.value.reason == reason
+    assert str(info.value) == reason  # never the payload
+
+
+def test_outbound_messages() -> None:
+    doc = orjson.loads(outbound_audio(b"\x01\x02"))
+    assert doc == {"Kind": "AudioData", "AudioData": {"Data": "AQI="}, "StopAudio": None}
+    assert orjson.loads(stop_audio()) == {"Kind": "StopAudio", "AudioData": None, "StopAudio": {}}

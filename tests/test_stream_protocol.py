@@ -1,0 +1,75 @@
+import asyncio
+
+import pytest
+
+from actors.stream_protocol import (
+    BadFrame,
+    Frame,
+    FrameDecoder,
+    FrameKind,
+    FrameTooLarge,
+    HandshakeRefused,
+    encode_control,
+    encode_frame,
+    encode_hello,
+    open_stream,
+    parse_hello,
+)
+
+
+def test_roundtrip_in_arbitrary_chunks() -> None:
+    data = b"".join(encode_frame(FrameKind.ACS, f"msg{i}".encode()) for i in range(50))
+    data += encode_control({"op": "ping"})
+    decoder = FrameDecoder()
+    frames: list[Frame] = []
+    for i in range(0, len(data), 7):
+        frames.extend(decoder.feed(data[i : i + 7]))
+    assert [f.text() for f in frames[:-1]] == [f"msg{i}" for i in range(50)]
+    assert frames[-1].kind is FrameKind.CONTROL and frames[-1].control() == {"op": "ping"}
+    assert decoder.buffered == 0
+
+
+def test_oversized_length_is_refused_before_the_body_arrives() -> None:
+    decoder = FrameDecoder(max_frame_bytes=100)
+    with pytest.raises(FrameTooLarge):
+        decoder.feed((101).to_bytes(4, "big"))
+
+
+def test_bad_frames() -> None:
+    with pytest.raises(BadFrame):
+        FrameDecoder().feed(b"\x00\x00\x00\x00")
+    with pytest.raises(BadFrame):
+        FrameDecoder().feed(b"\x00\x00\x00\x02\x09x")
+    with pytest.raises(BadFrame):
+        Frame(FrameKind.CONTROL, b"not json").control()
+
+
+def test_hello() -> None:
+    [frame] = FrameDecoder().feed(encode_hello("tok", "call-1", "media"))
+    hello = parse_hello(frame)
+    assert (hello.token, hello.call_id, hello.stream) == ("tok", "call-1", "media")
+    for bad in (
+        encode_control({"op": "hello", "token": "t", "stream": "video", "call_id": "c"}),
+        encode_control({"op": "ready"}),
+        encode_frame(FrameKind.ACS, b"{}"),
+    ):
+        [frame] = FrameDecoder().feed(bad)
+        with pytest.raises(BadFrame):
+            parse_hello(frame)
+
+
+async def test_open_stream_refused_with_the_actor_code() -> None:
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(encode_control({"op": "error", "code": "bad_token"}))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        with pytest.raises(HandshakeRefused) as info:
+            await open_stream("127.0.0.1", port, "x", "c", "media")
+        assert info.value.code == "bad_token"
+        with pytest.raises(ValueError):
+            await open_stream("127.0.0.1", port, "x", "c", "video")

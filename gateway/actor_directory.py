@@ -80,7 +80,7 @@ class ActorDirectory:
 
     async def deliver(self, call_id: str, event: dict[str, Any]) -> bool:
         """Hand one callback event to the call's actor without waiting for it to be handled."""
-        handle = self._handles.get(call_id)
+        handle: Any = self._handles.get(call_id)
         if handle is None:
             try:
                 handle = await asyncio.to_thread(
@@ -90,7 +90,7 @@ class ActorDirectory:
                 if await self.has_ended(call_id) or not await self.is_known(call_id):
                     return False
                 await self.activate(call_id)
-                handle = self._handles[call_id]
+                return await self.deliver(call_id, event)
             self._handles[call_id] = handle
         future = asyncio.wrap_future(handle.handle_event.remote(event).future())
         self._inflight.add(future)

@@ -155,9 +155,8 @@ class StreamBridge:
         try:
             await self.connect(refresh=True)
         except (CallEnded, ActorUnavailable) as exc:
-            code = (
-                status.WS_NORMAL_CLOSURE if isinstance(exc, CallEnded) else status.WS_TRY_AGAIN_LATER
-            )
+            ended = isinstance(exc, CallEnded)
+            code = status.WS_NORMAL_CLOSURE if ended else status.WS_TRY_AGAIN_LATER
             with contextlib.suppress(RuntimeError, ConnectionError):
                 await self.websocket.close(code)
             raise

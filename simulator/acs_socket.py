@@ -5,10 +5,12 @@ Owns the handshake only; what flows over the socket belongs to the media and tra
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from simulator.wire import CallIds
 
@@ -56,3 +58,38 @@ def rebase_ws_url(url: str, gateway_base: str) -> str:
     target, base = urlsplit(url), urlsplit(gateway_base)
     scheme = {"https": "wss", "http": "ws"}.get(base.scheme, base.scheme)
     return urlunsplit((scheme, base.netloc, target.path, target.query, ""))
+
+
+class AcsSocket:
+    """What both ACS client sockets share: the handshake, the close code and closing."""
+
+    def __init__(self, url: str, ids: CallIds) -> None:
+        self.url = url
+        self.ids = ids
+        self._ws: ClientConnection | None = None
+
+    @property
+    def open(self) -> bool:
+        return self._ws is not None and self._ws.close_code is None
+
+    @property
+    def close_code(self) -> int | None:
+        return None if self._ws is None else self._ws.close_code
+
+    async def _open(self, token: str | None) -> ClientConnection:
+        self._ws = await connect_as_acs(self.url, self.ids, token)
+        return self._ws
+
+    async def wait_closed(self, timeout_s: float) -> bool:
+        """Whether the gateway closes the socket in time (it should, on a bad token)."""
+        if self._ws is None:
+            return True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._ws.wait_closed()
+        return self._ws.close_code is not None
+
+    async def _close_ws(self) -> None:
+        if self._ws is not None:
+            with contextlib.suppress(ConnectionClosed, OSError):
+                await self._ws.close()

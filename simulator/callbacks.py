@@ -30,7 +30,7 @@ class Delivery:
 
 
 def delivery_order(events: list[Json], knobs: CallbackKnobs) -> list[Json]:
-    """The order the gateway will see: neighbours swapped when reordering, each twice if duplicating."""
+    """The order the gateway sees: neighbours swapped if reordering, each twice if duplicating."""
     ordered = list(events)
     if knobs.reorder:
         for i in range(0, len(ordered) - 1, 2):

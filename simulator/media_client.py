@@ -10,18 +10,17 @@ import asyncio
 import contextlib
 
 import orjson
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from simulator import wire
-from simulator.acs_socket import connect_as_acs
+from simulator.acs_socket import AcsSocket
 from simulator.audio import FRAME_MS, AudioFormat
 from simulator.pacing import Pacer
 from simulator.playout import Playout
 from simulator.wire import CallIds, MalformedOutbound, OutboundStop, parse_outbound
 
 
-class MediaSession:
+class MediaSession(AcsSocket):
     def __init__(
         self,
         url: str,
@@ -32,8 +31,7 @@ class MediaSession:
         subscription_id: str,
         realtime: bool = True,
     ) -> None:
-        self.url = url
-        self.ids = ids
+        super().__init__(url, ids)
         self.fmt = fmt
         self.playout = playout
         self.subscription_id = subscription_id
@@ -41,21 +39,12 @@ class MediaSession:
         self.outbound_messages = 0
         self.stop_audio = 0
         self.malformed_outbound: list[str] = []
-        self._ws: ClientConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._audio_arrived = asyncio.Event()
 
-    @property
-    def open(self) -> bool:
-        return self._ws is not None and self._ws.close_code is None
-
-    @property
-    def close_code(self) -> int | None:
-        return None if self._ws is None else self._ws.close_code
-
     async def connect(self, token: str | None) -> None:
         """Open the socket (raises ``SocketRejected``), send AudioMetadata, start listening."""
-        self._ws = await connect_as_acs(self.url, self.ids, token)
+        await self._open(token)
         self._tasks = [asyncio.create_task(self._receive())]
         if self.realtime:
             self._tasks.append(asyncio.create_task(self._play_out()))
@@ -123,15 +112,6 @@ class MediaSession:
                 while self.playout.pending_bytes and self.open:
                     await asyncio.sleep(FRAME_MS / 1000)
 
-    async def wait_closed(self, timeout_s: float) -> bool:
-        """Whether the gateway closes the socket within ``timeout_s`` (it should, on a bad token)."""
-        if self._ws is None:
-            return True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await self._ws.wait_closed()
-        return self._ws.close_code is not None
-
     async def abort(self) -> None:
         """Drop the connection without a closing handshake (a network failure, not a hang-up)."""
         if self._ws is not None:
@@ -139,9 +119,7 @@ class MediaSession:
         await self._stop_tasks()
 
     async def close(self) -> None:
-        if self._ws is not None:
-            with contextlib.suppress(ConnectionClosed, OSError):
-                await self._ws.close()
+        await self._close_ws()
         await self._stop_tasks()
 
     async def _stop_tasks(self) -> None:

@@ -98,7 +98,9 @@ def _check_signature(
         hmac_auth.verify(signed, access_key, now())
     except hmac_auth.HmacError as exc:
         raise RestError(
-            status.HTTP_401_UNAUTHORIZED, "Unauthorized", f"Denied by the HMAC check ({exc.reason})."
+            status.HTTP_401_UNAUTHORIZED,
+            "Unauthorized",
+            f"Denied by the HMAC check ({exc.reason}).",
         ) from None
 
 
@@ -117,7 +119,7 @@ def build_app(
             return _error(exc)
 
     async def connection(request: Request) -> Response:
-        """``/calling/callConnections/{id}`` and ``/{id}:{action}`` (the colon is part of ACS's path)."""
+        """``/calling/callConnections/{id}`` and ``/{id}:{action}`` (the colon is ACS's)."""
         body = await request.body()
         call_id, _, action = request.path_params["target"].partition(":")
         try:

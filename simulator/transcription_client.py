@@ -9,31 +9,24 @@ import asyncio
 import contextlib
 
 import orjson
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from simulator import wire
-from simulator.acs_socket import connect_as_acs
+from simulator.acs_socket import AcsSocket
 from simulator.wire import CallIds
 
 
-class TranscriptionSession:
+class TranscriptionSession(AcsSocket):
     def __init__(self, url: str, ids: CallIds, *, subscription_id: str, locale: str) -> None:
-        self.url = url
-        self.ids = ids
+        super().__init__(url, ids)
         self.subscription_id = subscription_id
         self.locale = locale
         self.results_sent = 0
-        self._ws: ClientConnection | None = None
         self._drain: asyncio.Task[None] | None = None
-
-    @property
-    def close_code(self) -> int | None:
-        return None if self._ws is None else self._ws.close_code
 
     async def connect(self, token: str | None) -> None:
         """Open the socket (raises ``SocketRejected``) and send TranscriptionMetadata."""
-        self._ws = await connect_as_acs(self.url, self.ids, token)
+        await self._open(token)
         self._drain = asyncio.create_task(self._ignore_incoming())
         await self._send(
             wire.transcription_metadata(
@@ -69,19 +62,8 @@ class TranscriptionSession:
             async for _ in self._ws:
                 pass
 
-    async def wait_closed(self, timeout_s: float) -> bool:
-        """Whether the gateway closes the socket within ``timeout_s`` (it should, on a bad token)."""
-        if self._ws is None:
-            return True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await self._ws.wait_closed()
-        return self._ws.close_code is not None
-
     async def close(self) -> None:
-        if self._ws is not None:
-            with contextlib.suppress(ConnectionClosed, OSError):
-                await self._ws.close()
+        await self._close_ws()
         if self._drain is not None:
             self._drain.cancel()
             with contextlib.suppress(asyncio.CancelledError):

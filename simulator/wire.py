@@ -24,7 +24,9 @@ Json = dict[str, Any]
 
 def iso_time(moment: datetime) -> str:
     """``2024-11-15T19:16:12.925Z``: millisecond UTC timestamps as ACS writes them."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return (
+        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    )
 
 
 # --- identifiers ---------------------------------------------------------------------------

@@ -11,10 +11,13 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
 from storage.errors import ArchiveError, PayloadTooLargeError, SerializationError
 from storage.settings import Settings
+
+if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
 
 # Cosmos DB refuses items above 2 MB; leave room for system properties and escaping slack.
 DEFAULT_MAX_ITEM_BYTES: Final[int] = 1_800_000
@@ -29,7 +32,6 @@ _BAD_ID = re.compile(r"[:\s/\\?#]")
 _MAX_ID_CHARS: Final[int] = 255
 
 
-@runtime_checkable
 class ArchiveStore(Protocol):
     """Durable store of finished calls. Every write is an idempotent upsert keyed by id."""
 
@@ -204,7 +206,7 @@ def _pack(
     for turn, size in zip(turns, sizes, strict=True):
         if envelope + size > limit:
             raise PayloadTooLargeError(
-                f"transcript {call_id}: one turn of {size} bytes exceeds the {limit} byte item limit"
+                f"transcript {call_id}: a turn of {size} bytes exceeds the {limit} byte item limit"
             )
         cost = size + (1 if group else 0)
         if group and used + cost > limit:
@@ -275,7 +277,9 @@ def strip_system_fields(item: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in item.items() if not k.startswith("_")}
 
 
-def open_archive(settings: Settings, *, credential: Any = None) -> ArchiveStore:
+def open_archive(
+    settings: Settings, *, credential: AsyncTokenCredential | None = None
+) -> ArchiveStore:
     """Cosmos DB when ``cosmos_endpoint`` is set, else the embedded SQLite file. No I/O here."""
     if settings.cosmos_endpoint:
         from storage.cosmos_archive import CosmosArchive

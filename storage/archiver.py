@@ -8,6 +8,7 @@ never dropped. Puts are idempotent upserts, so a document delivered twice is sti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -167,13 +168,15 @@ class Archiver:
             await asyncio.to_thread(_append_lines, self.spool_path, lines)
 
     async def _reject(self, entry: _Queued, exc: Exception) -> None:
-        log.error("archive refused a %s document, kept in %s: %s", entry.kind, self.rejected_path, exc)
+        log.error(
+            "archive refused a %s document, kept in %s: %s", entry.kind, self.rejected_path, exc
+        )
         await asyncio.to_thread(_append_lines, self.rejected_path, [entry.line()])
 
     # Draining
 
     async def drain_once(self) -> int:
-        """One pass: spool -> archive (or outbox), then outbox -> archive. Returns documents moved."""
+        """One pass: spool -> archive (or outbox), then outbox -> archive. Returns moved count."""
         report = await self.drain()
         return report.archived + report.queued
 
@@ -292,7 +295,5 @@ class Archiver:
                 delay = min(delay * 2, self.backoff_max_s)
             else:
                 wait, delay = self.idle_interval_s, self.backoff_initial_s
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=wait)
-            except TimeoutError:
-                pass

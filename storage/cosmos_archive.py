@@ -7,6 +7,7 @@ own beyond the SDK's retry policy: an unreachable account surfaces as ArchiveUna
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Self, TypeVar
 
@@ -188,9 +189,7 @@ class CosmosArchive:
                 )
             return self._containers[name]
 
-    async def _call(
-        self, name: str, what: str, op: Callable[[ContainerProxy], Awaitable[T]]
-    ) -> T:
+    async def _call(self, name: str, what: str, op: Callable[[ContainerProxy], Awaitable[T]]) -> T:
         """Run ``op`` on container ``name``; if the container vanished, create it and retry once."""
         for attempt in range(2):
             try:
@@ -218,9 +217,7 @@ class CosmosArchive:
         if partition_key is None:
             pages = container.query_items(query, parameters=parameters)
         else:
-            pages = container.query_items(
-                query, parameters=parameters, partition_key=partition_key
-            )
+            pages = container.query_items(query, parameters=parameters, partition_key=partition_key)
         return [item async for item in pages]
 
     # Transcripts
@@ -242,10 +239,9 @@ class CosmosArchive:
         )
         for item in listing:
             if item.get("doc_type") != HEAD_KIND and item.get("write_id") != items.write_id:
-                try:
+                # A concurrent writer may have removed it first.
+                with contextlib.suppress(CosmosResourceNotFoundError):
                     await container.delete_item(item["id"], partition_key=items.call_id)
-                except CosmosResourceNotFoundError:
-                    pass  # a concurrent writer removed it first
 
     async def get_transcript(self, call_id: str) -> dict[str, Any] | None:
         validate_archive_id(call_id, "call_id")

@@ -347,7 +347,9 @@ class EntraIdCredentialProvider(CredentialProvider):
 
 
 def _retry() -> Retry:
-    # Small, fast retries; the op timeout (asyncio.timeout) bounds the total regardless.
+    # Small, fast retries. No socket timeout is set on connections: the op timeout
+    # (asyncio.timeout around each operation) bounds retries, backoff and blocking reads
+    # together, and redis-py drops a connection whose command was cancelled mid-flight.
     return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2)
 
 
@@ -402,12 +404,13 @@ class AsyncAzureRedisManager:
         limits: PayloadLimits | None = None,
     ) -> AsyncAzureRedisManager:
         # Blocking pool: a burst waits for a free connection (within the op timeout) instead of
-        # failing. No socket timeout: asyncio.timeout bounds every op, incl. blocking reads.
+        # failing.
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
             timeout=op_timeout,
             socket_connect_timeout=connect_timeout,
+            socket_timeout=None,
             retry=_retry(),
         )
         return cls(Redis.from_pool(pool), keys, op_timeout=op_timeout, limits=limits)
@@ -447,6 +450,7 @@ class AsyncAzureRedisManager:
                 port=port,
                 ssl=True,
                 socket_connect_timeout=connect_timeout,
+                socket_timeout=None,
                 max_connections=max_connections,
                 retry=_retry(),
                 **auth,
@@ -459,6 +463,7 @@ class AsyncAzureRedisManager:
                 max_connections=max_connections,
                 timeout=op_timeout,
                 socket_connect_timeout=connect_timeout,
+                socket_timeout=None,
                 retry=_retry(),
                 **auth,
             )
@@ -489,15 +494,14 @@ class AsyncAzureRedisManager:
             from azure.identity.aio import DefaultAzureCredential
 
             credential = owned = DefaultAzureCredential()
-        key = settings.redis_access_key
+        use_entra = settings.redis_use_entra_id
+        secret = settings.redis_access_key
         return cls.for_azure(
             settings.redis_host,
             keys,
             port=settings.redis_port,
-            access_key=None
-            if settings.redis_use_entra_id or key is None
-            else key.get_secret_value(),
-            credential=credential if settings.redis_use_entra_id else None,
+            access_key=secret.get_secret_value() if secret and not use_entra else None,
+            credential=credential if use_entra else None,
             username=settings.redis_username,
             cluster=settings.redis_cluster,
             op_timeout=timeout,

@@ -162,7 +162,11 @@ async def test_profile_upsert_replaces(archive: ArchiveStore) -> None:
     user_id = new_id("user")
     await archive.put_profile({"user_id": user_id, "name": "Ada", "tier": "gold"})
     await archive.put_profile({"user_id": user_id, "name": "Ada L."})
-    assert await archive.get_profile(user_id) == {"user_id": user_id, "id": user_id, "name": "Ada L."}
+    assert await archive.get_profile(user_id) == {
+        "user_id": user_id,
+        "id": user_id,
+        "name": "Ada L.",
+    }
     assert await archive.get_profile(new_id("user")) is None
     with pytest.raises(ArchiveError, match="user_id"):
         await archive.put_profile({"name": "nobody"})

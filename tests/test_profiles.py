@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -39,6 +40,11 @@ async def raw_redis(redis_url: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
+async def cached(raw_redis: Redis, key: str) -> dict[str, Any] | None:
+    raw = await raw_redis.get(key)
+    return None if raw is None else dict(orjson.loads(raw))
+
+
 @pytest.fixture
 def repo(archive: SqliteArchive, redis_mgr: AsyncAzureRedisManager) -> ProfileRepository:
     return ProfileRepository(archive, redis_mgr)
@@ -58,7 +64,7 @@ async def test_read_goes_through_the_cache(
 
     first = await repo.get(user_id)
     assert first == {"user_id": user_id, "id": user_id, "name": "Ada"}
-    assert orjson.loads(await raw_redis.get(key)) == first
+    assert await cached(raw_redis, key) == first
     assert await raw_redis.ttl(key) > 0
 
     # Changed behind the repository's back: the cached copy is what a read returns.
@@ -78,7 +84,7 @@ async def test_write_invalidates_the_cache(
     await repo.put({"user_id": user_id, "name": "Ada L."})
     assert await raw_redis.exists(key) == 0
     assert (await repo.get(user_id) or {})["name"] == "Ada L."
-    assert orjson.loads(await raw_redis.get(key))["name"] == "Ada L."
+    assert (await cached(raw_redis, key) or {})["name"] == "Ada L."
 
 
 async def test_missing_profile_is_not_cached(

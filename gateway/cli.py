@@ -1,0 +1,116 @@
+"""The ``rtvoice`` command: serve, demo, calls, transcript, simulate.
+
+Argument parsing and output only; each command's work lives in its own module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from storage.settings import ConfigError, Settings, load_settings
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.serve import serve
+
+    return asyncio.run(serve(settings, host=args.host, port=args.port))
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        calls=args.calls,
+        lines=args.lines,
+        port=args.port,
+        dashboard=not args.no_dashboard,
+        archive_path=args.archive,
+    )
+    return asyncio.run(run_demo(settings, options))
+
+
+def _calls(args: argparse.Namespace, settings: Settings) -> int:
+    import ray
+
+    from actors.cluster import list_call_actors
+
+    ray.init(address=args.address or settings.ray_address or "auto", logging_level=logging.ERROR)
+    calls = list_call_actors(settings.ray_namespace)
+    if not calls:
+        print("no live calls")
+        return 0
+    print(f"{'call id':<40} {'state':<14} node")
+    for call in calls:
+        print(f"{call.get('call_id', '?'):<40} {call.get('state', '?'):<14} {call.get('node', '')}")
+    return 0
+
+
+def _transcript(args: argparse.Namespace, settings: Settings) -> int:
+    from storage.archive import open_archive
+
+    async def fetch() -> dict[str, object] | None:
+        async with open_archive(settings) as archive:
+            return await archive.get_transcript(args.call_id)
+
+    doc = asyncio.run(fetch())
+    if doc is None:
+        print(f"no archived transcript for call {args.call_id}", file=sys.stderr)
+        return 1
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rtvoice", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run a gateway replica (configuration from RTVOICE_*)")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=_serve)
+
+    demo = sub.add_parser("demo", help="everything local: Ray, Redis, gateway, ACS stand-in")
+    demo.add_argument("--calls", type=int, default=3)
+    demo.add_argument("--lines", type=int, default=3, help="caller lines per call")
+    demo.add_argument("--port", type=int, default=0, help="gateway port (0: a free one)")
+    demo.add_argument("--archive", default=None, help="SQLite archive path")
+    demo.add_argument("--no-dashboard", action="store_true")
+    demo.set_defaults(func=_demo)
+
+    calls = sub.add_parser("calls", help="list live call actors")
+    calls.add_argument("--address", default=None, help="Ray address (default: auto)")
+    calls.set_defaults(func=_calls)
+
+    transcript = sub.add_parser("transcript", help="print an archived transcript as JSON")
+    transcript.add_argument("call_id")
+    transcript.set_defaults(func=_transcript)
+
+    from simulator.cli import add_simulate_parser
+
+    add_simulate_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        return int(args.func(args, settings))
+    except ConfigError as exc:
+        print(f"rtvoice: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

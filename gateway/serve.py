@@ -1,0 +1,36 @@
+"""``rtvoice serve``: one production gateway replica, a Ray driver, configured from RTVOICE_*."""
+
+from __future__ import annotations
+
+import logging
+
+import ray
+
+from actors.cluster import init_local_ray
+from actors.config import CallActorConfig
+from gateway.app import create_app
+from gateway.service import build_gateway, uvicorn_server
+from storage.redis_manager import AsyncAzureRedisManager
+from storage.settings import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: Settings, *, host: str, port: int) -> int:
+    if not (settings.redis_url or settings.redis_host):
+        raise ConfigError("set RTVOICE_REDIS_URL or RTVOICE_REDIS_HOST for `rtvoice serve`")
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, namespace=settings.ray_namespace)
+    else:
+        init_local_ray(namespace=settings.ray_namespace)
+    redis_mgr = AsyncAzureRedisManager.from_settings(settings)
+    actor_config = CallActorConfig.from_settings(settings)
+    gateway = build_gateway(settings, redis_mgr, actor_config)
+    server = uvicorn_server(create_app(gateway), host, port)
+    log.warning("gateway replica %s listening on %s:%d", gateway.replica_id, host, port)
+    try:
+        await server.serve()
+    finally:
+        await gateway.acs.close()
+        await redis_mgr.close()
+    return 0

@@ -1,0 +1,114 @@
+"""Builds a gateway replica from Settings: clients, auth, actor directory, app, uvicorn server.
+
+Configuration is read once by the caller (``load_settings``) and passed in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+
+import uvicorn
+from azure.communication.callautomation.aio import CallAutomationClient
+from azure.core.credentials import AzureKeyCredential
+from starlette.applications import Starlette
+
+from actors.config import CallActorConfig
+from gateway.actor_directory import ActorDirectory
+from gateway.app import Gateway
+from gateway.auth import AcsTokenVerifier, JwtPolicy, UrlSecrets
+from gateway.metrics import GatewayMetrics
+from storage.keys import validate_identifier
+from storage.redis_manager import AsyncAzureRedisManager
+from storage.settings import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+
+def parse_connection_string(value: str) -> tuple[str, str]:
+    """``endpoint=...;accesskey=...`` -> (endpoint, key), keeping the endpoint's scheme.
+
+    The SDK's own parser forces https, which a plain-http stand-in cannot serve.
+    """
+    parts: dict[str, str] = {}
+    for piece in value.split(";"):
+        name, sep, val = piece.partition("=")
+        if sep:
+            parts[name.strip().lower()] = val.strip()
+    endpoint, key = parts.get("endpoint"), parts.get("accesskey")
+    if not endpoint or not key:
+        raise ConfigError(
+            "RTVOICE_ACS_CONNECTION_STRING: expected 'endpoint=<url>;accesskey=<key>'"
+        )
+    return endpoint.rstrip("/"), key
+
+
+def acs_client(settings: Settings) -> CallAutomationClient:
+    if settings.acs_connection_string is not None:
+        endpoint, key = parse_connection_string(settings.acs_connection_string.get_secret_value())
+    elif settings.acs_endpoint and settings.acs_access_key:
+        endpoint, key = settings.acs_endpoint, settings.acs_access_key.get_secret_value()
+    else:
+        raise ConfigError(
+            "set RTVOICE_ACS_CONNECTION_STRING or RTVOICE_ACS_ENDPOINT + RTVOICE_ACS_ACCESS_KEY"
+        )
+    return CallAutomationClient(endpoint, AzureKeyCredential(key))
+
+
+def replica_id(settings: Settings) -> str:
+    value = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    return validate_identifier(value.replace(":", "-"), "RTVOICE_REPLICA_ID")
+
+
+def url_secrets(settings: Settings) -> UrlSecrets:
+    if settings.gateway_secret is not None:
+        return UrlSecrets(settings.gateway_secret.get_secret_value().encode())
+    log.warning(
+        "RTVOICE_GATEWAY_SECRET not set: using a random one; "
+        "replicas behind one load balancer must share a secret"
+    )
+    return UrlSecrets(secrets.token_bytes(32))
+
+
+def token_verifier(settings: Settings) -> AcsTokenVerifier | None:
+    if not settings.acs_audience:
+        log.warning("RTVOICE_ACS_AUDIENCE not set: ACS JWTs are not checked (URL secret only)")
+        return None
+    return AcsTokenVerifier(
+        JwtPolicy(settings.acs_jwt_issuer, settings.acs_jwks_url, settings.acs_audience)
+    )
+
+
+def build_gateway(
+    settings: Settings,
+    redis_mgr: AsyncAzureRedisManager,
+    actor_config: CallActorConfig,
+    *,
+    secrets_: UrlSecrets | None = None,
+) -> Gateway:
+    if not settings.public_url:
+        raise ConfigError("RTVOICE_PUBLIC_URL is required: the URL at which ACS reaches us")
+    rid = replica_id(settings)
+    return Gateway(
+        replica_id=rid,
+        public_url=settings.public_url,
+        redis=redis_mgr,
+        acs=acs_client(settings),
+        directory=ActorDirectory(redis_mgr, actor_config),
+        url_secrets=secrets_ or url_secrets(settings),
+        verifier=token_verifier(settings),
+        metrics=GatewayMetrics(rid),
+        audio_format=settings.audio_format,
+        audio_channel_type=settings.audio_channel_type,
+        locale=settings.transcription_locale,
+        media_wait_s=settings.media_wait_s,
+    )
+
+
+def uvicorn_server(app: Starlette, host: str, port: int) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", ws="websockets", lifespan="on"
+    )
+    return uvicorn.Server(config)

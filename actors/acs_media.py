@@ -222,7 +222,8 @@ def parse_message(
 def outbound_audio(pcm: bytes) -> str:
     """One outbound AudioData message (the PascalCase form of the ACS docs)."""
     data = base64.b64encode(pcm).decode("ascii")
-    return orjson.dumps({"Kind": "AudioData", "AudioData": {"Data": data}, "StopAudio": None}).decode()
+    message = {"Kind": "AudioData", "AudioData": {"Data": data}, "StopAudio": None}
+    return orjson.dumps(message).decode()
 
 
 def stop_audio() -> str:

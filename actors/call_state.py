@@ -37,7 +37,7 @@ class Participant:
 
 
 def event_name(event_type: str) -> str:
-    """``CallConnected`` for either ``CallConnected`` or ``Microsoft.Communication.CallConnected``."""
+    """``CallConnected`` from ``CallConnected`` or ``Microsoft.Communication.CallConnected``."""
     return event_type.removeprefix(EVENT_PREFIX)
 
 

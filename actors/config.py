@@ -8,10 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from pydantic import SecretStr
+
 from storage.settings import Settings
 
 AUDIO_FORMATS: dict[str, int] = {"pcm16KMono": 16000, "pcm24KMono": 24000}
 FRAME_MS = 20
+
+
+def _secret(value: str | None) -> SecretStr | None:
+    return SecretStr(value) if value is not None else None
 
 
 @dataclass(frozen=True)
@@ -91,13 +97,13 @@ class CallActorConfig:
             redis_url=self.redis_url,
             redis_host=self.redis_host,
             redis_port=self.redis_port,
-            redis_access_key=self.redis_access_key,
+            redis_access_key=_secret(self.redis_access_key),
             redis_use_entra_id=self.redis_use_entra_id,
             redis_username=self.redis_username,
             redis_cluster=self.redis_cluster,
             redis_op_timeout_s=self.redis_op_timeout_s,
             cosmos_endpoint=self.cosmos_endpoint,
-            cosmos_key=self.cosmos_key,
+            cosmos_key=_secret(self.cosmos_key),
             cosmos_database=self.cosmos_database,
             cosmos_verify_tls=self.cosmos_verify_tls,
             archive_path=self.archive_path,

@@ -55,10 +55,10 @@ class OutboundQueue:
         return len(frames)
 
     def pop(self) -> bytes | None:
+        frame = self._frames.popleft() if self._frames else None
         if not self._frames:
-            self._ready.clear()
-            return None
-        return self._frames.popleft()
+            self._ready.clear()  # the pacer must block, not spin, once the queue is empty
+        return frame
 
     def clear(self) -> int:
         """Discard everything queued (StopAudio / barge-in); returns the frames discarded."""

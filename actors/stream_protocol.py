@@ -7,6 +7,7 @@ only I/O here. Payloads are never logged (they carry caller audio and speech).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -194,10 +195,8 @@ class StreamConnection:
 
     async def close(self) -> None:
         self._writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):  # the peer already went away
             await self._writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass  # the peer already went away; nothing left to flush
 
     async def __aenter__(self) -> StreamConnection:
         return self

@@ -35,10 +35,6 @@ class AudioFormat:
         return cls(16_000)
 
     @property
-    def acs_name(self) -> str:
-        return "pcm24KMono" if self.sample_rate == 24_000 else "pcm16KMono"
-
-    @property
     def frame_bytes(self) -> int:
         return self.sample_rate * FRAME_MS // 1000 * SAMPLE_WIDTH
 
@@ -115,12 +111,6 @@ def frames(pcm: bytes, fmt: AudioFormat) -> Iterator[bytes]:
     for start in range(0, len(pcm), size):
         chunk = pcm[start : start + size]
         yield chunk if len(chunk) == size else chunk + bytes(size - len(chunk))
-
-
-def is_silent(frame: bytes, threshold: int = 64) -> bool:
-    if not frame:
-        return True
-    return int(np.abs(np.frombuffer(frame, dtype="<i2")).max()) < threshold
 
 
 def dominant_frequency(pcm: bytes, fmt: AudioFormat) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import secrets
 import time
@@ -38,7 +39,7 @@ from simulator.pacing import Pacer
 from simulator.playout import Playout
 from simulator.report import CallReport
 from simulator.rest_api import RestError
-from simulator.script import CallerScript, ScriptLine
+from simulator.script import DTMF_GAP_S, CallerScript, ScriptLine
 from simulator.transcription_client import TranscriptionSession
 from simulator.wire import AnswerRequest, CallIds, Json
 
@@ -46,6 +47,7 @@ CallState = Literal["ringing", "connecting", "connected", "disconnected"]
 FRAME_S = FRAME_MS / 1000
 DRAIN_LIMIT_S = 3.0  # how long a hanging-up caller waits for queued reply audio to finish
 FINISH_LIMIT_S = 10.0  # bound on waiting for in-flight callbacks at the end of a call
+HANGUP_GRACE_S = 1.0  # a gateway may close media just before its hang-up request lands
 NOT_ESTABLISHED = "8501"
 
 
@@ -150,7 +152,7 @@ class SimCall:
             if request.media is None:
                 raise RestError(status.HTTP_400_BAD_REQUEST, "8580", "No media streaming options.")
             self._media_paused = action == "stopMediaStreaming"
-            if not self._media_paused and self._media is None:
+            if not self._media_paused and not self._media_sessions and not request.media.start:
                 self._spawn(self._connect_media(request.media.transport_url))
             word = "Stopped" if self._media_paused else "Started"
             update = wire.media_streaming_update(f"mediaStreaming{word}", f"subscription{word}")
@@ -163,7 +165,8 @@ class SimCall:
                 self._emit([("TranscriptionUpdated", {**update, **_context(body)})])
                 return
             self._transcription_paused = action == "stopTranscription"
-            if not self._transcription_paused and self._transcription is None:
+            opened = self._transcription is not None or request.transcription.start
+            if not self._transcription_paused and not opened:
                 self._spawn(self._connect_transcription(request.transcription))
             word = "Stopped" if self._transcription_paused else "Started"
             update = wire.transcription_update(f"transcription{word}", f"subscription{word}")
@@ -191,9 +194,13 @@ class SimCall:
             await incoming
             return self._finish_report()
         try:
-            await self._connected(request)
-            if self._media_ok(request):
-                await self._stream()
+            try:
+                await self._connected(request)
+                if self._media_ok():
+                    await self._stream()
+            except Exception as exc:  # one call's surprise must not sink a whole scenario
+                self.report.unexpected.append(f"call failed: {exc!r}")
+                self._end("caller")
             await self._hang_up_side()
         finally:
             await self._shutdown(incoming)
@@ -247,7 +254,7 @@ class SimCall:
             sockets.append(self._connect_transcription(request.transcription))
         await asyncio.gather(*sockets)
 
-    def _media_ok(self, request: AnswerRequest) -> bool:
+    def _media_ok(self) -> bool:
         """False when a socket was (rightly) refused: a rejected caller has nothing to stream."""
         rejected = self.report.media_rejected or self.report.transcription_rejected
         return not (rejected and self.script.faults.expects_rejection)
@@ -327,7 +334,7 @@ class SimCall:
 
     async def _hang_up_side(self) -> None:
         if not self._ended.is_set():
-            if self.script.hangs_up == "app" and self._media_ok(self._must_request()):
+            if self.script.hangs_up == "app" and self._media_ok():
                 self.report.unexpected.append("app did not hang up")
                 self._end("timeout")
             else:
@@ -525,7 +532,7 @@ class _Streamer:
             media = self.call._media
             if enabled and media is not None and not self.call._ended.is_set():
                 self.call.report.dtmf_sent += await media.send_dtmf(tone)
-            await self.audio(silence(0.2, self.fmt), silent=True)
+            await self.audio(silence(DTMF_GAP_S, self.fmt), silent=True)
 
     async def audio(self, pcm: bytes, silent: bool) -> None:
         call = self.call
@@ -539,11 +546,21 @@ class _Streamer:
                 stamp = wire.iso_time(self.started + timedelta(seconds=self.position_s))
                 if await media.send_frame(frame, stamp, self.participant, silent):
                     call.report.frames_sent += 1
-                elif call.report.media_close_code is None:
-                    call.report.media_close_code = media.close_code
-                    call.report.unexpected.append(f"gateway closed media ({media.close_code})")
-                    call._end("caller")
+                else:
+                    await self._media_closed(media)
+                    return
             self.sent += 1
+
+    async def _media_closed(self, media: MediaSession) -> None:
+        """The gateway closed the media socket: fine just before its hang-up, odd otherwise."""
+        call = self.call
+        call.report.media_close_code = media.close_code
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HANGUP_GRACE_S):
+                await call._ended.wait()
+        if call.report.hung_up_by != "app":
+            call.report.unexpected.append(f"gateway closed media ({media.close_code})")
+            call._end("caller")
 
     async def _maybe_drop(self) -> None:
         """The drop-and-reconnect fault: a network failure mid-call, then ACS connects again."""

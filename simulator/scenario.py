@@ -62,7 +62,9 @@ class ScenarioReport:
         return self.subscription_validated is not False and all(r.ok for r in self.calls)
 
     def connect_times(self) -> list[float]:
-        return sorted(r.time_to_connected_s for r in self.calls if r.time_to_connected_s is not None)
+        return sorted(
+            r.time_to_connected_s for r in self.calls if r.time_to_connected_s is not None
+        )
 
     def summary(self) -> dict[str, Any]:
         times = self.connect_times()

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from simulator.audio import speaking_duration
 from simulator.jwt_issuer import TokenFault
 
+DTMF_GAP_S = 0.2  # silence after each key press
+
 MalformedKind = Literal["bad_json", "unknown_kind", "bad_base64", "wrong_size", "binary"]
 
 
@@ -73,13 +75,20 @@ class CallerScript(_Model):
     tail_s: float = Field(default=0.5, ge=0.0)  # silence after the last line (hear the reply)
     intermediate_results: bool = True
     realtime: bool = True  # False: frames as fast as possible (benchmarks)
-    unmixed: bool | None = None  # None: whatever the answer asked for
     record_audio: bool = True  # keep the heard PCM in the report
     faults: CallFaults = CallFaults()
 
     @property
     def caller_is_phone(self) -> bool:
         return self.caller.startswith("+")
+
+    def expected_duration_s(self) -> float:
+        """The script's length at real time (WAV lines estimated from their transcript)."""
+        total = self.lead_in_s + self.tail_s
+        for line in self.lines:
+            total += speaking_duration(line.say) if line.say else 0.0
+            total += line.pause_s + DTMF_GAP_S * len(line.dtmf or "")
+        return total
 
     @classmethod
     def talking_for(cls, duration_s: float, voice: int = 0, **fields: object) -> CallerScript:

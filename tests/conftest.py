@@ -42,3 +42,15 @@ def cosmos_emulator() -> Iterator[CosmosEmulator]:
 @pytest.fixture
 def cosmos_key() -> str:
     return EMULATOR_KEY
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[dict[str, object]]:
+    """One local Ray instance per session with call slots, in a namespace unique to the run."""
+    import ray
+
+    from actors.cluster import init_local_ray
+
+    info = init_local_ray(num_call_slots=32, namespace=f"rtvoice-test-{uuid.uuid4().hex[:8]}")
+    yield info
+    ray.shutdown()

@@ -19,7 +19,11 @@ PCM = bytes(range(256)) * 2 + bytes(128)  # 640 bytes
 
 
 def audio(pcm: bytes = PCM, key: str = "participantRawID", **extra: object) -> str:
-    body = {"timestamp": "2024-11-15T19:16:12.925Z", key: "4:+1425", "data": base64.b64encode(pcm).decode()}
+    body = {
+        "timestamp": "2024-11-15T19:16:12.925Z",
+        key: "4:+1425",
+        "data": base64.b64encode(pcm).decode(),
+    }
     body.update(extra)
     return orjson.dumps({"kind": "AudioData", "audioData": body}).decode()
 
@@ -50,8 +54,8 @@ def test_metadata_dtmf_transcription() -> None:
     )
     assert tmeta == TranscriptionMetadata("s", "en-US", "c", "r")
     t = parse_message(
-        '{"kind":"TranscriptionData","transcriptionData":{"text":"Hello everyone.","format":"display",'
-        '"confidence":0.92,"offset":212483227,"duration":9600000,"words":[{"text":"hello",'
+        '{"kind":"TranscriptionData","transcriptionData":{"text":"Hello everyone.",'
+        '"format":"display","confidence":0.92,"offset":212483227,"duration":9600000,"words":[{"text":"hello",'
         '"offset":212483227,"duration":2800000}],"participantRawID":"4:+1","resultStatus":"Final"}}'
     )
     assert isinstance(t, TranscriptionData)
@@ -60,7 +64,9 @@ def test_metadata_dtmf_transcription() -> None:
     partial = parse_message(
         '{"kind":"TranscriptionData","transcriptionData":{"text":"Hel","resultStatus":"Intermediate"}}'
     )
-    assert isinstance(partial, TranscriptionData) and not partial.final and partial.confidence is None
+    assert (
+        isinstance(partial, TranscriptionData) and not partial.final and partial.confidence is None
+    )
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@ from actors.call_state import CallState, CallStatus, event_name
 
 def participants(seq: int, *ids: str, bare: bool = False) -> dict:
     entries = [
-        {"rawId": i, "kind": "phoneNumber"} if bare else {"identifier": {"rawId": i}, "isMuted": True}
+        {"rawId": i, "kind": "phoneNumber"}
+        if bare
+        else {"identifier": {"rawId": i}, "isMuted": True}
         for i in ids
     ]
     return {"sequenceNumber": seq, "participants": entries}

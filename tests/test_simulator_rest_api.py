@@ -1,4 +1,4 @@
-"""The Call Automation REST endpoint, driven by the real azure-communication-callautomation client."""
+"""The Call Automation REST endpoint, driven by the real Call Automation SDK client."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ async def test_real_sdk_answers_plays_and_hangs_up() -> None:
         assert props.call_connection_state == "connected"
         assert props.callback_url == f"{gateway.url}/api/callbacks"
 
-        await connection.play_media_to_all(
+        await connection.play_media(
             TextSource(text="Welcome to the stand-in.", voice_name="en-US-NancyNeural"),
             operation_context="greeting",
         )
@@ -81,7 +81,9 @@ async def test_terminate_media_and_transcription_operations_return_their_statuse
     assert report.operations[-1] == "terminate"
     stopped = next(e for e in gateway.seen.callbacks if e["type"].endswith("StreamingStopped"))
     assert stopped["data"]["operationContext"] == "pause"
-    assert stopped["data"]["mediaStreamingUpdate"]["mediaStreamingStatus"] == "mediaStreamingStopped"
+    assert (
+        stopped["data"]["mediaStreamingUpdate"]["mediaStreamingStatus"] == "mediaStreamingStopped"
+    )
 
 
 async def test_wrong_access_key_gets_401_in_the_acs_error_shape() -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+import time
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 import orjson
@@ -33,7 +34,7 @@ from simulator.service import AcsStandIn
 
 POLICY_VIOLATION = 1008
 
-MediaHook = Callable[[WebSocket, str], Awaitable[None]]
+MediaHook = Callable[[WebSocket, str], Coroutine[Any, Any, None]]
 
 
 async def eventually(predicate: Callable[[], object], timeout_s: float = 15.0) -> None:
@@ -41,6 +42,21 @@ async def eventually(predicate: Callable[[], object], timeout_s: float = 15.0) -
     async with asyncio.timeout(timeout_s):
         while not predicate():
             await asyncio.sleep(0.02)
+
+
+class AcsView(Protocol):
+    """What a gateway is configured with to reach (and trust) an ACS resource."""
+
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def access_key(self) -> str: ...
+    @property
+    def jwks_url(self) -> str: ...
+    @property
+    def audience(self) -> str: ...
+    @property
+    def issuer(self) -> str: ...
 
 
 class _Server(uvicorn.Server):
@@ -58,6 +74,7 @@ class Seen:
     media_headers: list[dict[str, str]] = field(default_factory=list)
     media_rejections: int = 0
     transcription: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    arrivals: dict[str, list[float]] = field(default_factory=dict)  # monotonic, per media message
     answered: list[str] = field(default_factory=list)
 
     def callback_types(self, call_id: str | None = None) -> list[str]:
@@ -73,7 +90,7 @@ class FakeGateway:
 
     def __init__(
         self,
-        acs: AcsStandIn,
+        acs: AcsView,
         *,
         audio_format: str = "pcm16KMono",
         channel_type: str = "mixed",
@@ -81,6 +98,7 @@ class FakeGateway:
         media_hook: MediaHook | None = None,
         start_media: bool = True,
         dtmf: bool = False,
+        verify_tokens: bool = True,
     ) -> None:
         self.acs = acs
         self.audio_format = audio_format
@@ -88,6 +106,7 @@ class FakeGateway:
         self.media_hook = media_hook
         self.start_media = start_media
         self.dtmf = dtmf
+        self.verify_tokens = verify_tokens
         self.seen = Seen()
         self.answer_errors: list[Exception] = []
         self.client = CallAutomationClient(
@@ -116,6 +135,8 @@ class FakeGateway:
         await self.client.close()
 
     def verify(self, authorization: str | None) -> bool:
+        if not self.verify_tokens:
+            return True
         if not authorization or not authorization.startswith("Bearer "):
             return False
         token = authorization.removeprefix("Bearer ")
@@ -204,12 +225,15 @@ class FakeGateway:
         call_id = ws.headers["x-ms-call-connection-id"]
         self.seen.media_headers.append(dict(ws.headers))
         messages = store.setdefault(call_id, [])
+        media = store is self.seen.media
+        arrivals = self.seen.arrivals.setdefault(call_id, []) if media else []
         hook_task = asyncio.create_task(hook(ws, call_id)) if hook is not None else None
         try:
             while True:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
                     break
+                arrivals.append(time.monotonic())
                 text = message.get("text")
                 if text is None:
                     messages.append({"binary": len(message.get("bytes") or b"")})

@@ -1,0 +1,69 @@
+"""Local Ray start-up for the demo and tests, and listing of the live call actors.
+
+Never starts actors itself; call actors are created only through actors.activation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+
+def init_local_ray(
+    *,
+    num_call_slots: int = 16,
+    include_dashboard: bool = False,
+    namespace: str = "rtvoice",
+    call_slot_resource: str = "call_slot",
+    num_cpus: int | None = None,
+) -> dict[str, Any]:
+    """Start a local Ray instance declaring ``num_call_slots`` call slots; returns its addresses."""
+    ctx = ray.init(
+        namespace=namespace,
+        resources={call_slot_resource: num_call_slots},
+        include_dashboard=include_dashboard,
+        num_cpus=num_cpus,
+        log_to_driver=True,
+    )
+    info: dict[str, Any] = ctx.address_info  # type: ignore[attr-defined]
+    return {
+        "address": info.get("gcs_address") or info.get("address"),
+        "node_id": info.get("node_id"),
+        "namespace": namespace,
+        "dashboard_url": ctx.dashboard_url or None,
+        "call_slots": num_call_slots,
+    }
+
+
+def list_call_actors(
+    namespace: str, *, with_info: bool = True, timeout_s: float = 5.0
+) -> list[dict[str, Any]]:
+    """Named call actors of ``namespace``, each with its ``info()`` (and ``node``) unless
+    ``with_info`` is False. An actor that does not answer within ``timeout_s`` gets ``"error"``.
+    """
+    names = sorted(
+        entry["name"]
+        for entry in ray.util.list_named_actors(all_namespaces=True)
+        if entry.get("namespace") == namespace
+    )
+    rows: list[dict[str, Any]] = [{"call_id": name, "namespace": namespace} for name in names]
+    if not with_info:
+        return rows
+    refs: list[Any] = []
+    for row in rows:
+        try:
+            handle = ray.get_actor(row["call_id"], namespace=namespace)
+            refs.append(handle.info.remote())
+        except ValueError:  # ended between the listing and now
+            refs.append(None)
+    for row, ref in zip(rows, refs, strict=True):
+        if ref is None:
+            row["error"] = "gone"
+            continue
+        try:
+            row.update(ray.get(ref, timeout=timeout_s))
+            row["node"] = row.get("node_id", "")
+        except Exception as exc:  # one stuck or dying actor must not break the listing
+            row["error"] = type(exc).__name__
+    return rows

@@ -1,0 +1,486 @@
+"""CallActor on a real local Ray, real Redis and the embedded archive (and once on Cosmos)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import ray
+
+from actors.activation import CallEndedError, aget_or_activate, get_call_actor
+from actors.cluster import list_call_actors
+from actors.config import CallActorConfig
+from actors.stream_protocol import (
+    FrameKind,
+    HandshakeRefused,
+    StreamConnection,
+    encode_frame,
+    open_stream,
+)
+from storage.errors import StaleEpochError
+from storage.keys import RedisKeyManager
+from storage.local_redis import LocalRedisServer
+from storage.redis_manager import AsyncAzureRedisManager
+from storage.sqlite_archive import SqliteArchive
+
+CALLER = "+14255550123"
+FRAME = 640  # 20 ms at 16 kHz
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def frame_pcm(n: int) -> bytes:
+    """A frame whose samples all carry ``n``: order is visible in the ring snapshot."""
+    return np.full(FRAME // 2, n, dtype="<i2").tobytes()
+
+
+def audio_msg(pcm: bytes, participant: str | None = "4:" + CALLER, silent: bool = False) -> str:
+    body: dict[str, Any] = {
+        "timestamp": "2024-11-15T19:16:12.925Z",
+        "data": base64.b64encode(pcm).decode(),
+        "silent": silent,
+    }
+    if participant:
+        body["participantRawID"] = participant
+    return orjson.dumps({"kind": "AudioData", "audioData": body}).decode()
+
+
+def transcript_msg(text: str, final: bool = True, confidence: float = 0.9) -> str:
+    body = {
+        "text": text,
+        "format": "display",
+        "confidence": confidence,
+        "offset": 1000,
+        "duration": 2000,
+        "participantRawID": "4:" + CALLER,
+        "resultStatus": "Final" if final else "Intermediate",
+    }
+    return orjson.dumps({"kind": "TranscriptionData", "transcriptionData": body}).decode()
+
+
+def event(name: str, event_id: str | None = None, **data: Any) -> dict[str, Any]:
+    return {"id": event_id or uuid.uuid4().hex, "type": name, "data": data}
+
+
+def incoming() -> dict[str, Any]:
+    return {
+        "caller": {"kind": "phoneNumber", "raw_id": "4:" + CALLER},
+        "callee": {"kind": "phoneNumber", "raw_id": "4:+18005550100"},
+        "caller_id": CALLER,
+        "server_call_id": "server-1",
+        "correlation_id": "corr-1",
+        "caller_display_name": "Ada L",
+    }
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.05)
+
+
+async def info(handle: Any) -> dict[str, Any]:
+    return await handle.info.remote()  # type: ignore[no-any-return]
+
+
+async def connect(ep: dict[str, Any], stream: str) -> StreamConnection:
+    return await open_stream(ep["host"], ep["port"], ep["token"], ep["call_id"], stream)
+
+
+async def recv_acs(conn: StreamConnection, kind: str, timeout: float = 20.0) -> dict[str, Any]:
+    """The next outbound ACS message of ``kind`` (AudioData / StopAudio)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = await conn.recv()
+            assert frame is not None, "stream closed"
+            if frame.kind is FrameKind.ACS:
+                doc: dict[str, Any] = orjson.loads(frame.payload)
+                if doc["Kind"] == kind:
+                    return doc
+
+
+async def gone(call_id: str, namespace: str) -> bool:
+    return await asyncio.to_thread(get_call_actor, call_id, namespace) is None
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def call_ids(ray_cluster: dict[str, Any]) -> Iterator[list[str]]:
+    """Call ids a test creates; any actor still alive at the end is killed (they are detached)."""
+    ids: list[str] = []
+    yield ids
+    for call_id in ids:
+        handle = get_call_actor(call_id, str(ray_cluster["namespace"]))
+        if handle is not None:
+            ray.kill(handle, no_restart=True)
+
+
+def new_call(call_ids: list[str]) -> str:
+    call_id = f"call-{uuid.uuid4().hex[:12]}"
+    call_ids.append(call_id)
+    return call_id
+
+
+@pytest.fixture
+def config(
+    redis_url: str, key_manager: RedisKeyManager, ray_cluster: dict[str, Any], tmp_path: Path
+) -> CallActorConfig:
+    return CallActorConfig(
+        redis_url=redis_url,
+        environment=key_manager.environment,
+        archive_path=str(tmp_path / "archive.sqlite3"),
+        spool_path=str(tmp_path / "spool.jsonl"),
+        idle_timeout_s=60.0,
+        checkpoint_interval_s=0.3,
+        heartbeat_interval_s=0.5,
+        namespace=str(ray_cluster["namespace"]),
+    )
+
+
+@pytest.fixture
+async def redis_mgr(redis_url: str, key_manager: RedisKeyManager) -> AsyncIterator[Any]:
+    mgr = AsyncAzureRedisManager.from_url(redis_url, key_manager)
+    yield mgr
+    await mgr.close()
+
+
+@pytest.fixture
+async def archive(config: CallActorConfig) -> AsyncIterator[SqliteArchive]:
+    store = SqliteArchive(config.archive_path)
+    yield store
+    await store.close()
+
+
+# -- tests ------------------------------------------------------------------------------------
+
+
+async def test_full_lifecycle_to_archived_transcript(
+    config: CallActorConfig, call_ids: list[str], redis_mgr: Any, archive: SqliteArchive
+) -> None:
+    await archive.put_profile({"user_id": CALLER, "name": "Ada"})
+    call_id = new_call(call_ids)
+    # As the gateway does: the call session holds the IncomingCall before the actor exists.
+    await redis_mgr.store_call_session(call_id, incoming() | {"call_id": call_id})
+    handle = await aget_or_activate(call_id, config, incoming=incoming())
+    ep = await handle.activate.remote(None)  # idempotent: same endpoint, same epoch
+    first = await info(handle)
+    assert first["endpoint"] == ep and first["state"] == "ringing" and first["restarts"] == 0
+    record = await redis_mgr.get_affinity(call_id)
+    assert (record.host, record.port, record.token, record.epoch) == (
+        ep["host"],
+        ep["port"],
+        ep["token"],
+        ep["epoch"],
+    )
+    assert first["context"]["profile"]["name"] == "Ada"
+    listed = await asyncio.to_thread(list_call_actors, config.namespace, with_info=True)
+    assert any(row["call_id"] == call_id and row["state"] == "ringing" for row in listed)
+
+    connected = event("Microsoft.Communication.CallConnected", "ev-1")
+    await handle.handle_event.remote(connected)
+    await handle.handle_event.remote(connected)  # ACS delivers duplicates
+    await handle.handle_event.remote(
+        event(
+            "ParticipantsUpdated",
+            sequenceNumber=1,
+            participants=[{"identifier": {"rawId": "4:" + CALLER}, "isMuted": False}],
+        )
+    )
+    media = await connect(ep, "media")
+    transcription = await connect(ep, "transcription")
+    for i in range(5):
+        await media.send_acs(audio_msg(frame_pcm(i)))
+    await transcription.send_acs(transcript_msg("I need help with my bill", confidence=0.8))
+    reply = await recv_acs(media, "AudioData")  # the spoken reply, paced back on the media stream
+    assert len(base64.b64decode(reply["AudioData"]["Data"])) == FRAME
+    for text in ("again", "again"):
+        await transcription.send_acs(transcript_msg(text))
+    await eventually(lambda: _turns_at_least(handle, 6))
+    now = await info(handle)
+    assert now["state"] == "connected" and now["participants"] == ["4:" + CALLER]
+    assert now["metrics"]["duplicate_events"] == 1 and now["metrics"]["frames_in"] == 5
+    assert now["metrics"]["checkpoints"] >= 1
+
+    await handle.handle_event.remote(event("CallDisconnected"))
+    await eventually(lambda: gone(call_id, config.namespace))
+    doc = await archive.get_transcript(call_id)
+    assert doc is not None
+    turns = doc["turns"]
+    assert [t["seq"] for t in turns] == list(range(1, 7))
+    assert [t["role"] for t in turns] == ["user", "assistant"] * 3
+    assert turns[0]["text"] == "I need help with my bill" and turns[0]["confidence"] == 0.8
+    assert turns[0]["participant"] == "4:" + CALLER
+    assert turns[1]["text"] == "Hello Ada. You said: I need help with my bill"
+    assert turns[3]["text"] == turns[5]["text"] == "You said: again"
+    assert all(a["timestamp"] <= b["timestamp"] for a, b in itertools.pairwise(turns))
+    assert doc["end_reason"] == "disconnected"
+    assert doc["metadata"]["caller"]["id"] == CALLER
+    assert doc["metrics"]["frames_in"] == 5 and doc["metrics"]["turns"] == 6
+    assert doc["metrics"]["tts_hits"] == 1 and doc["metrics"]["tts_misses"] == 2
+    summary = await redis_mgr.get_call_summary(call_id)
+    assert summary["turns"] == 6 and summary["archived_to"] == "archive"
+    assert await redis_mgr.get_affinity(call_id) is None
+    analytics = await archive.list_analytics(call_id)
+    assert analytics[0]["user_turns"] == 3
+    actions = [entry["action"] for entry in await archive.list_audit(call_id)]
+    assert {"activated", "CallConnected", "CallDisconnected", "ended"} <= set(actions)
+    # A late event for the ended call must not resurrect it.
+    with pytest.raises(CallEndedError):
+        await aget_or_activate(call_id, config)
+    await media.close()
+    await transcription.close()
+
+
+async def _turns_at_least(handle: Any, n: int) -> bool:
+    return (await info(handle))["turns"] >= n
+
+
+async def test_killed_actor_restarts_with_every_turn_and_fences_old_epoch(
+    config: CallActorConfig, call_ids: list[str], redis_mgr: Any, archive: SqliteArchive
+) -> None:
+    call_id = new_call(call_ids)
+    handle = await aget_or_activate(call_id, config, incoming=incoming())
+    ep1 = await handle.activate.remote(None)
+    await handle.handle_event.remote(event("CallConnected"))
+    transcription = await connect(ep1, "transcription")
+    for text in ("first question", "second question"):
+        await transcription.send_acs(transcript_msg(text))
+    await eventually(lambda: _persisted_turns(redis_mgr, call_id, 4))
+    before = await info(handle)
+
+    os.kill(before["pid"], signal.SIGKILL)
+    assert await transcription.recv() is None  # the old endpoint died with the process
+
+    handle2 = await aget_or_activate(call_id, config)
+    ep2 = await handle2.activate.remote(None)
+    after = await info(handle2)
+    assert after["pid"] != before["pid"] and after["restarts"] == 1
+    assert ep2["epoch"] > ep1["epoch"] and ep2["token"] != ep1["token"]
+    assert after["turns"] == 4 and after["state"] == "connected"
+    assert after["context"]["caller"]["id"] == CALLER
+    assert (await redis_mgr.get_affinity(call_id)).epoch == ep2["epoch"]
+    # The dead incarnation's epoch is fenced out of every write.
+    with pytest.raises(StaleEpochError):
+        await redis_mgr.checkpoint(
+            call_id, epoch=ep1["epoch"], context=None, new_turns=[{"role": "user", "text": "x"}]
+        )
+    assert not await redis_mgr.renew_affinity(call_id, ep1["epoch"])
+    with pytest.raises(HandshakeRefused):
+        await open_stream(ep2["host"], ep2["port"], ep1["token"], call_id, "transcription")
+
+    again = await connect(ep2, "transcription")
+    await again.send_acs(transcript_msg("third question"))
+    await eventually(lambda: _turns_at_least(handle2, 6))
+    await handle2.shutdown.remote("test")
+    await eventually(lambda: gone(call_id, config.namespace))
+    doc = await archive.get_transcript(call_id)
+    assert doc is not None
+    assert [t["text"] for t in doc["turns"] if t["role"] == "user"] == [
+        "first question",
+        "second question",
+        "third question",
+    ]
+    assert [t["seq"] for t in doc["turns"]] == list(range(1, 7))
+    assert doc["metadata"]["restarts"] == 1
+    actions = [entry["action"] for entry in await archive.list_audit(call_id)]
+    assert "restarted" in actions
+    await again.close()
+
+
+async def _persisted_turns(redis_mgr: Any, call_id: str, n: int) -> bool:
+    snap = await redis_mgr.load_conversation(call_id)
+    return snap is not None and len(snap.turns) >= n
+
+
+async def test_frames_land_in_the_ring_in_order_per_participant(
+    config: CallActorConfig, call_ids: list[str]
+) -> None:
+    call_id = new_call(call_ids)
+    handle = await aget_or_activate(call_id, config, incoming=incoming())
+    ep = await handle.activate.remote(None)
+    media = await connect(ep, "media")
+    for i in range(60):
+        await media.send_acs(audio_msg(frame_pcm(i), participant="4:+1"))
+        await media.send_acs(audio_msg(frame_pcm(1000 + i), participant="4:+2"))
+    await eventually(lambda: _frames_in(handle, 120))
+    a = np.frombuffer(await handle.ring_snapshot.remote("4:+1"), dtype="<i2")
+    b = np.frombuffer(await handle.ring_snapshot.remote("4:+2"), dtype="<i2")
+    assert list(a[:: FRAME // 2]) == list(range(60))
+    assert list(b[:: FRAME // 2]) == [1000 + i for i in range(60)]
+    await media.close()
+    await handle.shutdown.remote("test")
+
+
+async def _frames_in(handle: Any, n: int) -> bool:
+    return (await info(handle))["metrics"]["frames_in"] >= n
+
+
+async def test_bad_input_is_counted_and_refused_without_hurting_other_calls(
+    config: CallActorConfig, call_ids: list[str]
+) -> None:
+    small = config.with_changes(max_frame_bytes=16 * 1024, max_message_bytes=4 * 1024)
+    bad_id, good_id = new_call(call_ids), new_call(call_ids)
+    bad = await aget_or_activate(bad_id, small, incoming=incoming())
+    good = await aget_or_activate(good_id, small, incoming=incoming())
+    bad_ep = await bad.activate.remote(None)
+    good_ep = await good.activate.remote(None)
+    good_media = await connect(good_ep, "media")
+    media = await connect(bad_ep, "media")
+
+    for raw in (
+        "{not json",
+        '{"kind":"VideoData","videoData":{}}',
+        '{"kind":"AudioData","audioData":{"data":"@@@"}}',
+        audio_msg(frame_pcm(1)[:100]),
+        '{"kind":"DtmfData","dtmfData":{"data":"' + "1" * 5000 + '"}}',
+    ):
+        await media.send_acs(raw)
+        await good_media.send_acs(audio_msg(frame_pcm(7)))
+    await media.send_acs(audio_msg(frame_pcm(2)))  # the connection survived all of that
+    await eventually(lambda: _frames_in(bad, 1))
+    counted = (await info(bad))["metrics"]["invalid_messages"]
+    assert counted == {
+        "invalid_json": 1,
+        "unknown_kind": 1,
+        "bad_base64": 1,
+        "bad_frame_length": 1,
+        "oversized": 1,
+    }
+
+    # A frame longer than the limit breaks the framing: that connection is closed...
+    await media.send_raw(encode_frame(FrameKind.ACS, b"x" * (20 * 1024)))
+    assert await media.recv() is None
+    # ...a wrong token is refused...
+    with pytest.raises(HandshakeRefused) as refused:
+        await open_stream(bad_ep["host"], bad_ep["port"], "wrong", bad_id, "media")
+    assert refused.value.code == "bad_token"
+    # ...and the call itself goes on with a fresh connection.
+    media = await connect(bad_ep, "media")
+    await media.send_acs(audio_msg(frame_pcm(3)))
+    await eventually(lambda: _frames_in(bad, 2))
+    errors = (await info(bad))["metrics"]["protocol_errors"]
+    assert errors == {"oversized_frame": 1, "bad_token": 1}
+    ring = np.frombuffer(await bad.ring_snapshot.remote(None), dtype="<i2")
+    assert list(ring[:: FRAME // 2]) == [2, 3]
+
+    await eventually(lambda: _frames_in(good, 5))
+    other = await info(good)
+    assert other["metrics"]["invalid_messages"] == {} and other["metrics"]["protocol_errors"] == {}
+    await media.close()
+    await good_media.close()
+    await bad.shutdown.remote("test")
+    await good.shutdown.remote("test")
+
+
+async def test_barge_in_stops_playback(config: CallActorConfig, call_ids: list[str]) -> None:
+    call_id = new_call(call_ids)
+    handle = await aget_or_activate(call_id, config, incoming=incoming())
+    ep = await handle.activate.remote(None)
+    media = await connect(ep, "media")
+    transcription = await connect(ep, "transcription")
+    long_request = " ".join(["please read me the whole statement"] * 20)
+    await transcription.send_acs(transcript_msg(long_request))
+    await recv_acs(media, "AudioData")
+    await transcription.send_acs(transcript_msg("wait", final=False))  # caller talks over it
+    await recv_acs(media, "StopAudio")
+    now = await info(handle)
+    assert now["metrics"]["barge_ins"] == 1 and now["outbound_queued"] == 0
+    await media.close()
+    await transcription.close()
+    await handle.shutdown.remote("test")
+
+
+async def test_idle_actor_ends_itself_and_archives(
+    config: CallActorConfig, call_ids: list[str], archive: SqliteArchive
+) -> None:
+    call_id = new_call(call_ids)
+    await aget_or_activate(call_id, config.with_changes(idle_timeout_s=1.0), incoming=incoming())
+    await eventually(lambda: gone(call_id, config.namespace))
+    doc = await archive.get_transcript(call_id)
+    assert doc is not None and doc["end_reason"] == "idle" and doc["turns"] == []
+
+
+async def test_redis_outage_mid_call_keeps_every_turn(
+    config: CallActorConfig,
+    call_ids: list[str],
+    redis_server: LocalRedisServer,
+    archive: SqliteArchive,
+) -> None:
+    call_id = new_call(call_ids)
+    handle = await aget_or_activate(call_id, config, incoming=incoming())
+    ep = await handle.activate.remote(None)
+    transcription = await connect(ep, "transcription")
+    await transcription.send_acs(transcript_msg("before the outage"))
+    await eventually(lambda: _turns_at_least(handle, 2))
+    redis_server.stop()
+    try:
+        await transcription.send_acs(transcript_msg("during the outage"))
+        await eventually(lambda: _turns_at_least(handle, 4))
+        await eventually(lambda: _checkpoint_failures(handle))
+        checkpoints = (await info(handle))["metrics"]["checkpoints"]
+    finally:
+        redis_server.start()
+    await eventually(lambda: _checkpoints_above(handle, checkpoints))  # caught up
+    await handle.shutdown.remote("test")
+    await eventually(lambda: gone(call_id, config.namespace))
+    doc = await archive.get_transcript(call_id)
+    assert doc is not None
+    assert [t["text"] for t in doc["turns"] if t["role"] == "user"] == [
+        "before the outage",
+        "during the outage",
+    ]
+    await transcription.close()
+
+
+async def _checkpoint_failures(handle: Any) -> bool:
+    return bool((await info(handle))["metrics"]["checkpoint_failures"])
+
+
+async def _checkpoints_above(handle: Any, n: int) -> bool:
+    return bool((await info(handle))["metrics"]["checkpoints"] > n)
+
+
+async def test_lifecycle_archives_to_cosmos(
+    config: CallActorConfig, call_ids: list[str], cosmos_emulator: Any, cosmos_key: str
+) -> None:
+    from storage.cosmos_archive import CosmosArchive
+
+    cosmos = config.with_changes(
+        cosmos_endpoint=cosmos_emulator.endpoint,
+        cosmos_key=cosmos_key,
+        cosmos_verify_tls=False,
+        cosmos_database=f"db{uuid.uuid4().hex[:8]}",
+    )
+    call_id = new_call(call_ids)
+    handle = await aget_or_activate(call_id, cosmos, incoming=incoming())
+    ep = await handle.activate.remote(None)
+    await handle.handle_event.remote(event("CallConnected"))
+    transcription = await connect(ep, "transcription")
+    await transcription.send_acs(transcript_msg("archive me in cosmos"))
+    await eventually(lambda: _turns_at_least(handle, 2))
+    await handle.handle_event.remote(event("CallDisconnected"))
+    await eventually(lambda: gone(call_id, config.namespace))
+    store = CosmosArchive.from_settings(cosmos.storage_settings())
+    try:
+        doc = await store.get_transcript(call_id)
+    finally:
+        await store.close()
+    assert doc is not None
+    assert [t["text"] for t in doc["turns"]] == [
+        "archive me in cosmos",
+        "Hello Ada L. You said: archive me in cosmos",  # no profile: the ACS display name
+    ]
+    await transcription.close()

@@ -1,0 +1,114 @@
+"""``rtvoice simulate``: argument handling, progress bar, summary table and exit status."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import secrets
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from simulator.audio import AudioFormat, load_wav, speech_like
+from simulator.cli import add_simulate_parser, render_progress, save_heard_audio, simulate
+from simulator.jwt_issuer import ACS_ISSUER
+from simulator.report import CallReport
+from simulator.scenario import ScenarioReport
+from tests.test_simulator_support import FakeGateway
+
+
+@dataclass
+class _Acs:
+    endpoint: str
+    access_key: str
+    audience: str
+    issuer: str = ACS_ISSUER
+
+    @property
+    def jwks_url(self) -> str:
+        return f"{self.endpoint}/calling/keys"
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="rtvoice")
+    add_simulate_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_render_progress() -> None:
+    assert render_progress(0, 4, 0.0, width=8) == "[--------] 0/4 calls     0.0s"
+    assert render_progress(3, 4, 12.34, width=8) == "[######--] 3/4 calls    12.3s"
+
+
+def test_parser_defaults_and_dispatch() -> None:
+    args = _parse(["simulate", "--gateway", "http://127.0.0.1:8000"])
+    assert args.calls is None and args.duration == 10.0 and args.hangup == "caller"
+    assert args.func.__name__ == "run_simulate"
+
+
+async def test_simulate_runs_calls_and_prints_a_summary() -> None:
+    port = _free_port()
+    acs = _Acs(
+        endpoint=f"http://127.0.0.1:{port}",
+        access_key=base64.b64encode(secrets.token_bytes(32)).decode(),
+        audience="resource-under-test",
+    )
+    async with FakeGateway(acs) as gateway:
+        args = _parse(
+            [
+                "simulate",
+                "--gateway",
+                gateway.url,
+                "--calls",
+                "2",
+                "--duration",
+                "1",
+                "--fast",
+                "--port",
+                str(port),
+                "--access-key",
+                acs.access_key,
+                "--audience",
+                acs.audience,
+                "--json",
+                "-",
+            ]
+        )
+        out, err = io.StringIO(), io.StringIO()
+        status = await simulate(args, out, err)
+
+    assert status == 0, out.getvalue()
+    text = out.getvalue()
+    table, document = text.split("\n{", 1)
+    assert "connect_s" in table.splitlines()[0]
+    assert "answered=2" in table
+    report = json.loads("{" + document)
+    assert report["summary"]["calls"] == 2 and report["summary"]["unexpected"] == 0
+    assert all(call["frames_sent"] > 0 for call in report["calls"])
+    assert f"endpoint=http://127.0.0.1:{port}" in err.getvalue()
+
+
+def test_save_heard_audio(tmp_path: Path) -> None:
+    fmt = AudioFormat(24000)
+    call = CallReport(0, "+1", "call-0", audio_format="pcm24KMono")
+    call.heard_pcm = speech_like(0.1, fmt, voice=1)
+    save_heard_audio(ScenarioReport(calls=[call, CallReport(1, "+2", "call-1")]), tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["call-000-heard.wav"]
+    assert load_wav(tmp_path / "call-000-heard.wav", fmt) == call.heard_pcm
+
+
+async def test_simulate_exits_nonzero_when_nobody_answers() -> None:
+    args = _parse(
+        ["simulate", "--gateway", f"http://127.0.0.1:{_free_port()}", "--answer-timeout", "0.2"]
+    )
+    out = io.StringIO()
+    assert await simulate(args, out, io.StringIO()) == 1
+    assert "not answered" in out.getvalue()

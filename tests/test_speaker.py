@@ -1,0 +1,52 @@
+from typing import Any
+
+import pytest
+
+from actors.outbound_audio import OutboundQueue
+from actors.speaker import PcmSpeaker, synthesize
+from storage.keys import RedisKeyManager
+from storage.redis_manager import AsyncAzureRedisManager
+
+
+def test_synthesize_is_deterministic_speech_like_pcm() -> None:
+    a = synthesize("hello there", "en-US-NancyNeural", 16000)
+    assert a == synthesize("hello there", "en-US-NancyNeural", 16000)
+    assert a != synthesize("hello there", "en-US-GuyNeural", 16000)
+    assert len(a) % 2 == 0 and len(a) > 16000  # roughly half a second or more
+    assert len(synthesize("hello there", "v", 24000)) > len(synthesize("hello there", "v", 16000))
+    assert synthesize("   ", "v", 16000) == b""
+
+
+@pytest.fixture
+async def redis_mgr(redis_url: str, key_manager: RedisKeyManager) -> Any:
+    mgr = AsyncAzureRedisManager.from_url(redis_url, key_manager)
+    yield mgr
+    await mgr.close()
+
+
+async def test_pcm_speaker_uses_the_shared_tts_cache(redis_mgr: AsyncAzureRedisManager) -> None:
+    queue = OutboundQueue(frame_bytes=640, max_frames=10_000)
+    one = PcmSpeaker(redis_mgr, queue, voice="v", audio_format="pcm16KMono", sample_rate=16000)
+    other = PcmSpeaker(redis_mgr, queue, voice="v", audio_format="pcm16KMono", sample_rate=16000)
+    await one.speak("how can I help")
+    assert (one.hits, one.misses) == (0, 1) and one.speaking
+    await other.speak("how can I help")  # another call, same text: served from the cache
+    assert (other.hits, other.misses) == (1, 0)
+    assert await redis_mgr.get_tts("v", "pcm16KMono", "how can I help") == synthesize(
+        "how can I help", "v", 16000
+    )
+    await one.stop()
+    assert not one.speaking and len(queue) == 0
+
+
+async def test_pcm_speaker_speaks_without_redis(key_manager: RedisKeyManager) -> None:
+    from storage.local_redis import free_port
+
+    down = AsyncAzureRedisManager.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", key_manager, op_timeout=0.5, connect_timeout=0.2
+    )
+    queue = OutboundQueue(frame_bytes=640, max_frames=10_000)
+    speaker = PcmSpeaker(down, queue, voice="v", audio_format="pcm16KMono", sample_rate=16000)
+    await speaker.speak("still talking")
+    assert speaker.misses == 1 and len(queue) > 0
+    await down.close()

@@ -31,7 +31,7 @@ from actors.acs_media import (
 from actors.audio_ring import ParticipantRings
 from actors.call_state import CallState, event_name
 from actors.config import FRAME_MS, CallActorConfig
-from actors.metrics import LiveMetrics, RayMetricsExporter
+from actors.metrics import LiveMetrics, RayMetricsExporter, frame_latency_s
 from actors.outbound_audio import OutboundQueue, Pacer
 from actors.responder import Responder, make_responder
 from actors.speaker import AcsPlaySpeaker, PcmSpeaker, Speaker
@@ -397,6 +397,9 @@ class CallActor:
 
     def _on_audio(self, msg: AudioData) -> None:
         self.metrics.frames_in += 1
+        latency = frame_latency_s(msg.timestamp, time.time())
+        if latency is not None and latency >= 0:  # negative: sent ahead of real time, or skew
+            self.metrics.frame_latency.record("frame", latency)
         lost = self.rings.write(msg.participant, msg.pcm)
         if lost < 0:
             self.metrics.frames_dropped += 1

@@ -31,9 +31,16 @@ def init_local_ray(
         "address": info.get("gcs_address") or info.get("address"),
         "node_id": info.get("node_id"),
         "namespace": namespace,
-        "dashboard_url": ctx.dashboard_url or None,
+        "dashboard_url": _with_scheme(ctx.dashboard_url),
         "call_slots": num_call_slots,
     }
+
+
+def _with_scheme(url: str | None) -> str | None:
+    """Ray reports the dashboard as ``host:port``; operators click a full URL."""
+    if not url:
+        return None
+    return url if "://" in url else f"http://{url}"
 
 
 def list_call_actors(

@@ -7,7 +7,24 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+
+from storage.latency import LatencyRecorder
+
+FRAME_LATENCY_WINDOW = 3000  # the last minute of 20 ms frames
+
+
+def frame_latency_s(timestamp: str, received_at: float) -> float | None:
+    """Seconds from an AudioData frame's capture timestamp (ISO 8601, ms) to ``received_at``.
+
+    None for a missing or unparsable timestamp; ACS's clock is not ours, so this is only
+    meaningful when both ends share a clock (the local stand-in) or are NTP-synchronised.
+    """
+    try:
+        return received_at - datetime.fromisoformat(timestamp).timestamp()
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -30,6 +47,9 @@ class LiveMetrics:
     checkpoint_ms_total: float = 0.0
     tts_hits: int = 0
     tts_misses: int = 0
+    frame_latency: LatencyRecorder = field(
+        default_factory=lambda: LatencyRecorder(FRAME_LATENCY_WINDOW)
+    )
 
     def checkpoint_done(self, seconds: float) -> None:
         ms = seconds * 1000.0
@@ -40,6 +60,7 @@ class LiveMetrics:
 
     def snapshot(self) -> dict[str, Any]:
         mean = self.checkpoint_ms_total / self.checkpoints if self.checkpoints else 0.0
+        latency = self.frame_latency.stats().get("frame")
         return {
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
@@ -59,6 +80,8 @@ class LiveMetrics:
             "checkpoint_ms_mean": round(mean, 3),
             "tts_hits": self.tts_hits,
             "tts_misses": self.tts_misses,
+            "frame_latency_ms_p50": round(latency.p50_ms, 3) if latency else None,
+            "frame_latency_ms_p99": round(latency.p99_ms, 3) if latency else None,
         }
 
 

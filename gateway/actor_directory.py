@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from actors.activation import aget_or_activate
+from actors.activation import CallEndedError, aget_or_activate
 from actors.config import CallActorConfig
 from gateway.stream_bridge import CallEnded, Endpoint
 from storage.errors import StorageError
@@ -38,8 +38,15 @@ class ActorDirectory:
         self._inflight: set[asyncio.Future[Any]] = set()
 
     async def activate(self, call_id: str, incoming: dict[str, Any] | None = None) -> Endpoint:
-        """Get or create the call's actor and wait until its stream endpoint is registered."""
-        handle = await aget_or_activate(call_id, self._config, incoming=incoming)
+        """Get or create the call's actor and wait until its stream endpoint is registered.
+
+        Raises CallEnded if the call is already over (the actor refuses to come back).
+        """
+        try:
+            handle = await aget_or_activate(call_id, self._config, incoming=incoming)
+        except CallEndedError as exc:
+            self.forget(call_id)
+            raise CallEnded(call_id) from exc
         self._handles[call_id] = handle
         info = await handle.activate.remote(incoming)
         endpoint = Endpoint(info["host"], int(info["port"]), info["token"], int(info["epoch"]))

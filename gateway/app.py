@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway import status
 from gateway.acs_events import BadPayload, IncomingCall, parse_callbacks, parse_event_grid
@@ -36,7 +36,7 @@ from gateway.answering import (
 from gateway.auth import AcsTokenVerifier, AuthError, UrlSecrets
 from gateway.dedupe import RecentIds
 from gateway.metrics import GatewayMetrics
-from gateway.stream_bridge import StreamBridge
+from gateway.stream_bridge import CallEnded, StreamBridge
 from storage.errors import StorageError
 from storage.keys import validate_identifier
 from storage.redis_manager import AsyncAzureRedisManager
@@ -153,6 +153,8 @@ async def _deliver(gw: Gateway, call_id: str, event: dict[str, Any]) -> None:
     try:
         if not await gw.directory.deliver(call_id, event):
             gw.metrics.refuse("callback", "unknown_call")
+    except CallEnded:
+        gw.metrics.refuse("callback", "ended_call")
     except (StorageError, ray.exceptions.RayError) as exc:
         log.warning("event delivery failed: %s", type(exc).__name__)
 
@@ -177,13 +179,15 @@ async def _stream(websocket: WebSocket, stream: str) -> None:
     try:
         await bridge.connect()
         code = await bridge.run()
+    except CallEnded:
+        code = status.WS_NORMAL_CLOSURE
     except Exception as exc:  # one call's failure must never take the replica down
         log.warning("stream bridge failed: %s", type(exc).__name__)
         code = status.WS_INTERNAL_ERROR
     finally:
         gw.metrics.open_sockets.labels(stream=stream).dec()
         await _release_socket(gw, call_id, stream)
-    with contextlib.suppress(RuntimeError):
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # ACS may have gone already
         await websocket.close(code)
 
 

@@ -31,6 +31,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port,
         dashboard=not args.no_dashboard,
         archive_path=args.archive,
+        keep_running=args.keep_running,
     )
     return asyncio.run(run_demo(settings, options))
 
@@ -40,7 +41,16 @@ def _calls(args: argparse.Namespace, settings: Settings) -> int:
 
     from actors.cluster import list_call_actors
 
-    ray.init(address=args.address or settings.ray_address or "auto", logging_level=logging.ERROR)
+    address = args.address or settings.ray_address or "auto"
+    try:
+        ray.init(address=address, namespace=settings.ray_namespace, logging_level=logging.ERROR)
+    except ConnectionError:
+        print(
+            f"rtvoice: no Ray cluster at {address!r} (start one, or run `rtvoice demo "
+            "--keep-running` in another terminal, or pass --address)",
+            file=sys.stderr,
+        )
+        return 1
     calls = list_call_actors(settings.ray_namespace)
     if not calls:
         print("no live calls")
@@ -79,8 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--calls", type=int, default=3)
     demo.add_argument("--lines", type=int, default=3, help="caller lines per call")
     demo.add_argument("--port", type=int, default=0, help="gateway port (0: a free one)")
-    demo.add_argument("--archive", default=None, help="SQLite archive path")
+    demo.add_argument(
+        "--archive", default=None, help="SQLite archive path (default: RTVOICE_ARCHIVE_PATH)"
+    )
     demo.add_argument("--no-dashboard", action="store_true")
+    demo.add_argument(
+        "--keep-running", action="store_true", help="after the table, wait for Ctrl-C"
+    )
     demo.set_defaults(func=_demo)
 
     calls = sub.add_parser("calls", help="list live call actors")
@@ -101,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    # azure-communication-callautomation 1.6 warns about a field of its own model on every answer.
+    logging.getLogger(
+        "azure.communication.callautomation._generated._utils.serialization"
+    ).setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()

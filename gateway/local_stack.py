@@ -41,6 +41,7 @@ class LocalStack:
 
     base: Settings = field(default_factory=Settings)
     replicas: int = 1
+    port: int = 0  # first replica's port; 0 picks a free one
     call_slots: int = 16
     dashboard: bool = False
     archive_path: str | None = None
@@ -74,6 +75,8 @@ class LocalStack:
             self._owns_ray = True
         self.acs = await AcsStandIn().start()
         ports = [free_port() for _ in range(self.replicas)]
+        if self.port:
+            ports[0] = self.port
         archive = self.archive_path or str(Path(self._workdir) / "archive.sqlite3")
         self.settings = self.base.model_copy(
             update={

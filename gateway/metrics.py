@@ -66,5 +66,8 @@ class GatewayMetrics:
     def refused_count(self, input_kind: str, reason: str) -> float:
         return self.refused.labels(input=input_kind, reason=reason)._value.get()
 
+    def frames_routed(self, stream: str, direction: str) -> float:
+        return self.frames.labels(stream=stream, direction=direction)._value.get()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -109,6 +109,6 @@ def build_gateway(
 
 def uvicorn_server(app: Starlette, host: str, port: int) -> uvicorn.Server:
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", ws="websockets", lifespan="on"
+        app, host=host, port=port, log_level="warning", ws="websockets-sansio", lifespan="on"
     )
     return uvicorn.Server(config)

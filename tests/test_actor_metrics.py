@@ -1,4 +1,6 @@
-from actors.metrics import LiveMetrics
+from datetime import UTC, datetime
+
+from actors.metrics import LiveMetrics, frame_latency_s
 
 
 def test_snapshot_and_checkpoint_latency() -> None:
@@ -12,3 +14,20 @@ def test_snapshot_and_checkpoint_latency() -> None:
     assert snap["invalid_messages"] == {"bad_base64": 1}
     assert snap["checkpoints"] == 2
     assert snap["checkpoint_ms_max"] == 4.0 and snap["checkpoint_ms_mean"] == 3.0
+
+
+def test_frame_latency_from_acs_timestamp() -> None:
+    sent = datetime(2024, 11, 15, 19, 16, 12, 925000, tzinfo=UTC).timestamp()
+    latency = frame_latency_s("2024-11-15T19:16:12.925Z", sent + 0.004)
+    assert latency is not None and abs(latency - 0.004) < 1e-6
+    assert frame_latency_s("not a time", sent) is None
+    assert frame_latency_s("", sent) is None
+
+
+def test_frame_latency_percentiles_in_snapshot() -> None:
+    m = LiveMetrics()
+    assert m.snapshot()["frame_latency_ms_p50"] is None
+    for ms in range(1, 101):
+        m.frame_latency.record("frame", ms / 1000)
+    snap = m.snapshot()
+    assert snap["frame_latency_ms_p50"] == 50.0 and snap["frame_latency_ms_p99"] == 99.0

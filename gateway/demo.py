@@ -1,0 +1,216 @@
+"""``rtvoice demo``: the whole system on one machine, with simulated callers, ending in a table.
+
+Builds the scenario and the summary as plain data (testable without servers); ``run_demo`` is the
+only part that starts anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from gateway.local_stack import LocalStack
+from simulator import CallerScript, CallReport, Scenario, ScriptLine, run_scenario
+from storage.archive import ArchiveStore, open_archive
+from storage.settings import Settings
+
+CALLER_LINES = (
+    "Hello, my name is Alex and I am calling about my order.",
+    "It was supposed to arrive on Monday.",
+    "Can you check where it is right now?",
+    "Thank you, could you also send me an email?",
+    "That is all, goodbye.",
+)
+ARCHIVE_WAIT_S = 20.0  # the actor archives after the call ends; give it time
+PROGRESS_EVERY_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    calls: int = 3
+    lines: int = 3
+    port: int = 0
+    dashboard: bool = True
+    archive_path: str | None = None  # default: the settings' archive (``rtvoice transcript``)
+    keep_running: bool = False  # after the table, wait for Ctrl-C (keeps the dashboard up)
+
+
+def demo_scenario(calls: int, lines: int) -> Scenario:
+    """``calls`` callers, each with its own number and voice, saying ``lines`` scripted lines."""
+    if calls < 1 or lines < 1:
+        raise ValueError("the demo needs at least one call and one line")
+    script = [
+        ScriptLine(say=CALLER_LINES[i % len(CALLER_LINES)], pause_s=1.5) for i in range(lines)
+    ]
+    callers = [
+        CallerScript(
+            caller=f"+1425555{i:04d}",
+            display_name=f"Demo Caller {i + 1}",
+            voice=i,
+            lines=script,
+            tail_s=2.0,
+            record_audio=False,
+        )
+        for i in range(calls)
+    ]
+    return Scenario(calls=calls, callers=callers, stagger_s=0.3)
+
+
+@dataclass(slots=True)
+class DemoSummary:
+    calls: int
+    answered: int
+    frames_in: float
+    frames_out: float
+    archived: int
+    user_turns: int
+    assistant_turns: int
+    latency_p50_ms: float | None  # median over calls of each call's p50
+    latency_p99_ms: float | None  # the worst call's p99
+    connect_p50_s: float | None
+    archive: str
+    dashboard_url: str | None
+    call_ids: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(
+        cls,
+        reports: list[CallReport],
+        transcripts: list[dict[str, Any]],
+        frames: tuple[float, float],
+        archive: str,
+        dashboard_url: str | None,
+    ) -> DemoSummary:
+        turns = [turn for doc in transcripts for turn in doc.get("turns", [])]
+        metrics = [doc.get("metrics", {}) for doc in transcripts]
+        p50s = [m["frame_latency_ms_p50"] for m in metrics if m.get("frame_latency_ms_p50")]
+        p99s = [m["frame_latency_ms_p99"] for m in metrics if m.get("frame_latency_ms_p99")]
+        connects = [r.time_to_connected_s for r in reports if r.time_to_connected_s is not None]
+        return cls(
+            calls=len(reports),
+            answered=sum(r.answered for r in reports),
+            frames_in=frames[0],
+            frames_out=frames[1],
+            archived=len(transcripts),
+            user_turns=sum(turn.get("role") == "user" for turn in turns),
+            assistant_turns=sum(turn.get("role") == "assistant" for turn in turns),
+            latency_p50_ms=statistics.median(p50s) if p50s else None,
+            latency_p99_ms=max(p99s) if p99s else None,
+            connect_p50_s=statistics.median(connects) if connects else None,
+            archive=archive,
+            dashboard_url=dashboard_url,
+            call_ids=[r.call_connection_id for r in reports if r.answered],
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.calls == self.answered == self.archived
+
+    def table(self) -> str:
+        def ms(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.1f} ms"
+
+        connect = "n/a" if self.connect_p50_s is None else f"{self.connect_p50_s:.2f} s"
+        rows = [
+            ("calls answered", f"{self.answered}/{self.calls}"),
+            ("time to CallConnected p50", connect),
+            ("frames routed", f"{self.frames_in:,.0f} in, {self.frames_out:,.0f} out"),
+            ("frame latency p50 / p99", f"{ms(self.latency_p50_ms)} / {ms(self.latency_p99_ms)}"),
+            ("", "(ACS capture timestamp -> call actor; p99 includes frames queued"),
+            ("", " while a call's actor starts)"),
+            ("turns", f"{self.user_turns} caller, {self.assistant_turns} assistant"),
+            ("transcripts archived", f"{self.archived}/{self.calls} in {self.archive}"),
+            ("Ray dashboard", self.dashboard_url or "off"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        lines = [f"  {name:<{width}}  {value}" for name, value in rows]
+        if self.call_ids:
+            lines.append(f"\n  see one: rtvoice transcript {self.call_ids[0]}")
+        return "\n".join(lines)
+
+
+async def _archived(archive: ArchiveStore, call_ids: list[str]) -> list[dict[str, Any]]:
+    """The transcripts of ``call_ids``, waiting a while for actors still archiving."""
+    found: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + ARCHIVE_WAIT_S
+    while len(found) < len(call_ids) and time.monotonic() < deadline:
+        for call_id in call_ids:
+            if call_id not in found and (doc := await archive.get_transcript(call_id)):
+                found[call_id] = doc
+        if len(found) < len(call_ids):
+            await asyncio.sleep(0.25)
+    return [found[c] for c in call_ids if c in found]
+
+
+async def _progress(stack: LocalStack, scenario: Scenario, out: TextIO) -> None:
+    started = time.monotonic()
+    metrics = stack.running[0].gateway.metrics
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY_S)
+        routed = metrics.frames_routed("media", "in")
+        out.write(
+            f"  {time.monotonic() - started:5.1f} s  frames routed {routed:>7,.0f}"
+            f"  (of ~{scenario.calls} calls x {_frames_per_call(scenario):,} frames)\n"
+        )
+        out.flush()
+
+
+def _frames_per_call(scenario: Scenario) -> int:
+    return round(scenario.callers[0].expected_duration_s() / 0.02)
+
+
+async def run_demo(settings: Settings, options: DemoOptions, out: TextIO = sys.stdout) -> int:
+    """Start everything locally, place the calls, print the table; 0 when every call archived."""
+    scenario = demo_scenario(options.calls, options.lines)
+    archive = str(Path(options.archive_path or settings.archive_path).resolve())
+    out.write("rtvoice demo: starting Redis, Ray, the gateway and the ACS stand-in...\n")
+    out.flush()
+    async with LocalStack(
+        base=settings,
+        port=options.port,
+        call_slots=max(16, 2 * options.calls),
+        dashboard=options.dashboard,
+        archive_path=archive,
+    ) as stack:
+        assert stack.acs is not None and stack.settings is not None
+        out.write(
+            f"gateway {stack.gateway_url}  ACS stand-in {stack.acs.endpoint}\n"
+            f"placing {options.calls} calls, {options.lines} caller lines each...\n"
+        )
+        out.flush()
+
+        def done(report: CallReport) -> None:
+            state = "answered" if report.answered else "NOT answered"
+            problems = f", unexpected: {report.unexpected}" if report.unexpected else ""
+            out.write(
+                f"  call {report.index + 1} {state}: {report.frames_sent} frames sent, "
+                f"{report.heard_s:.1f} s of reply heard, hung up by {report.hung_up_by}"
+                f"{problems}\n"
+            )
+            out.flush()
+
+        ticker = asyncio.create_task(_progress(stack, scenario, out))
+        try:
+            result = await run_scenario(stack.acs, stack.gateway_url, scenario, on_call_done=done)
+        finally:
+            ticker.cancel()
+        call_ids = [r.call_connection_id for r in result.calls if r.answered]
+        async with open_archive(stack.settings) as store:
+            transcripts = await _archived(store, call_ids)
+        metrics = stack.running[0].gateway.metrics
+        frames = (metrics.frames_routed("media", "in"), metrics.frames_routed("media", "out"))
+        summary = DemoSummary.build(result.calls, transcripts, frames, archive, stack.dashboard_url)
+        out.write("\n" + summary.table() + "\n")
+        out.flush()
+        if options.keep_running:
+            out.write("\nrunning until Ctrl-C (the dashboard stays up)\n")
+            out.flush()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
+    return 0 if summary.ok else 1

@@ -6,6 +6,7 @@ Holds configuration only; it never opens a connection or reads the environment b
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import SecretStr
@@ -126,7 +127,9 @@ class CallActorConfig:
             "redis_cluster": settings.redis_cluster,
             "app_prefix": settings.app_prefix,
             "environment": settings.environment,
-            "archive_path": settings.archive_path,
+            # Absolute: actors run in Ray workers whose working directory is not the driver's.
+            "archive_path": str(Path(settings.archive_path).resolve()),
+            "spool_path": str(Path(cls.spool_path).resolve()),
             "cosmos_endpoint": settings.cosmos_endpoint,
             "cosmos_key": settings.cosmos_key.get_secret_value() if settings.cosmos_key else None,
             "cosmos_database": settings.cosmos_database,

@@ -76,6 +76,12 @@ def _transcript(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from simulator.cli import run_simulate
+
+    return run_simulate(args)  # the stand-in is configured by flags, not RTVOICE_*
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rtvoice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from simulator.cli import add_simulate_parser
 
-    add_simulate_parser(sub)
+    add_simulate_parser(sub).set_defaults(func=_simulate)
     return parser
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 
 import ray
 
@@ -27,6 +29,9 @@ async def serve(settings: Settings, *, host: str, port: int) -> int:
     actor_config = CallActorConfig.from_settings(settings)
     gateway = build_gateway(settings, redis_mgr, actor_config)
     server = uvicorn_server(create_app(gateway), host, port)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # graceful: finish clean-up, then exit 0
+        loop.add_signal_handler(sig, server.handle_exit, sig, None)
     log.warning("gateway replica %s listening on %s:%d", gateway.replica_id, host, port)
     try:
         await server.serve()

@@ -5,10 +5,12 @@ Configuration is read once by the caller (``load_settings``) and passed in.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import socket
+from collections.abc import Iterator
 
 import uvicorn
 from azure.communication.callautomation.aio import CallAutomationClient
@@ -107,8 +109,20 @@ def build_gateway(
     )
 
 
-def uvicorn_server(app: Starlette, host: str, port: int) -> uvicorn.Server:
+class EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signals to its owner.
+
+    uvicorn re-raises a captured SIGINT after its own shutdown, which would interrupt the
+    owner's clean-up (closing clients, stopping Redis); owners stop it with ``should_exit``.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def uvicorn_server(app: Starlette, host: str, port: int) -> EmbeddedServer:
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", ws="websockets-sansio", lifespan="on"
     )
-    return uvicorn.Server(config)
+    return EmbeddedServer(config)

@@ -1,0 +1,54 @@
+"""The ``rtvoice`` command: every sub-command dispatches, and bad set-ups fail with a message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import build_parser, main
+
+
+def test_every_command_parses() -> None:
+    parser = build_parser()
+    for argv in (
+        ["serve", "--host", "127.0.0.1", "--port", "8001"],
+        ["demo", "--calls", "2", "--lines", "1", "--no-dashboard"],
+        ["calls"],
+        ["transcript", "abc"],
+        ["simulate", "--gateway", "http://127.0.0.1:8000"],
+    ):
+        assert callable(parser.parse_args(argv).func)
+
+
+def test_serve_without_redis_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("RTVOICE_REDIS_URL", raising=False)
+    monkeypatch.delenv("RTVOICE_REDIS_HOST", raising=False)
+    assert main(["serve"]) == 2
+    assert "RTVOICE_REDIS_URL" in capsys.readouterr().err
+
+
+def test_bad_setting_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RTVOICE_PUBLIC_URL", "ftp://nope")
+    assert main(["transcript", "abc"]) == 2
+    assert "public_url" in capsys.readouterr().err.lower()
+
+
+def test_transcript_of_unknown_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RTVOICE_ARCHIVE_PATH", str(tmp_path / "a.sqlite3"))
+    assert main(["transcript", "no-such-call"]) == 1
+    assert "no archived transcript" in capsys.readouterr().err
+
+
+def test_simulate_dispatches_and_reports_an_unreachable_gateway(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["simulate", "--gateway", "http://127.0.0.1:1", "--calls", "1", "--duration", "1"]
+    assert main([*argv, "--answer-timeout", "1"]) == 1
+    assert "answered=0" in capsys.readouterr().out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,6 +163,7 @@ async def _deliver(gw: Gateway, call_id: str, event: dict[str, Any]) -> None:
 async def _stream(websocket: WebSocket, stream: str) -> None:
     gw: Gateway = websocket.app.state.gateway
     await websocket.accept()  # accept first: ACS expects close code 1008 for a bad token
+    opened_at = time.time()
     try:
         await _authenticate(gw, websocket.headers.get("authorization"), websocket.query_params)
         call_id = validate_identifier(websocket.headers.get(CALL_ID_HEADER, ""), "call id")
@@ -175,9 +177,10 @@ async def _stream(websocket: WebSocket, stream: str) -> None:
         return
     bridge = StreamBridge(websocket, call_id, stream, gw.directory.resolve, gw.metrics)
     gw.metrics.open_sockets.labels(stream=stream).inc()
-    await _claim_socket(gw, call_id, stream)
     try:
         await bridge.connect()
+        # Only now is the actor's affinity record sure to exist (a cold actor writes it late).
+        await _claim_socket(gw, call_id, stream, opened_at)
         code = await bridge.run()
     except CallEnded:
         code = status.WS_NORMAL_CLOSURE
@@ -206,12 +209,12 @@ async def _wait_until_known(gw: Gateway, call_id: str) -> bool:
         await asyncio.sleep(0.1)
 
 
-async def _claim_socket(gw: Gateway, call_id: str, stream: str) -> None:
+async def _claim_socket(gw: Gateway, call_id: str, stream: str, opened_at: float) -> None:
     if stream != "media":
         return
     with contextlib.suppress(StorageError):
         await gw.redis.add_worker_call(gw.replica_id, call_id)
-        await gw.redis.set_media_replica(call_id, gw.replica_id)
+        await gw.redis.set_media_replica(call_id, gw.replica_id, since=opened_at)
 
 
 async def _release_socket(gw: Gateway, call_id: str, stream: str) -> None:

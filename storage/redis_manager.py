@@ -126,12 +126,20 @@ end
 return 1
 """
 
-# KEYS: affinity. ARGV: "1" + replica id to set, or "0" to clear. Keeps the lease TTL.
+# KEYS: affinity. ARGV: "1" + replica id + socket opening time to set, or "0" to clear.
+# A socket opened earlier than the recorded one never overwrites it. Keeps the lease TTL.
 MEDIA_REPLICA_LUA = """
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
 local rec = cjson.decode(cur)
-if ARGV[1] == '1' then rec['media_replica'] = ARGV[2] else rec['media_replica'] = cjson.null end
+if ARGV[1] == '1' then
+  local since = tonumber(ARGV[3])
+  if type(rec['media_since']) == 'number' and rec['media_since'] > since then return 0 end
+  rec['media_replica'] = ARGV[2]
+  rec['media_since'] = since
+else
+  rec['media_replica'] = cjson.null
+end
 redis.call('SET', KEYS[1], cjson.encode(rec), 'KEEPTTL')
 return 1
 """
@@ -746,10 +754,20 @@ class AsyncAzureRedisManager:
         raw = await self._get_json("get_affinity", self.keys.call_key(call_id, Component.AFFINITY))
         return None if raw is None else AffinityRecord.from_dict(raw)
 
-    async def set_media_replica(self, call_id: str, replica_id: str | None) -> bool:
+    async def set_media_replica(
+        self, call_id: str, replica_id: str | None, *, since: float = 0.0
+    ) -> bool:
+        """Record the replica holding the call's media socket, opened at ``since`` (epoch s).
+
+        When ACS reconnects to another replica while the first one is still finishing its own
+        claim, the socket opened last wins whichever write lands last. False: no record, or a
+        newer socket is already recorded.
+        """
         key = self.keys.call_key(call_id, Component.AFFINITY)
         args = (
-            ["0", ""] if replica_id is None else ["1", validate_identifier(replica_id, "replica")]
+            ["0", "", "0"]
+            if replica_id is None
+            else ["1", validate_identifier(replica_id, "replica"), repr(float(since))]
         )
         async with self._op("set_media_replica"):
             done = await self._media_replica(keys=[key], args=args)

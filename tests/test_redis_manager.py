@@ -365,6 +365,18 @@ async def test_media_replica_keeps_lease(
     assert got is not None and got.media_replica is None
 
 
+async def test_media_replica_of_the_newest_socket_wins(mgr: AsyncAzureRedisManager) -> None:
+    call = uid()
+    await mgr.claim_affinity(_record(call, 1))
+    assert await mgr.set_media_replica(call, "gw-b", since=1_700_000_002.25)
+    assert not await mgr.set_media_replica(call, "gw-a", since=1_700_000_001.5)  # older socket
+    got = await mgr.get_affinity(call)
+    assert got is not None and got.media_replica == "gw-b"
+    assert await mgr.set_media_replica(call, "gw-a", since=1_700_000_003.0)
+    got = await mgr.get_affinity(call)
+    assert got is not None and got.media_replica == "gw-a"
+
+
 # --- caches, auth, summary, session ----------------------------------------------------------
 
 

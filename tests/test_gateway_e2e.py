@@ -1,0 +1,422 @@
+"""The gateway end to end: LocalStack (Redis, local Ray, gateway replicas) driven by the ACS
+stand-in, checked through the actors' live state, Redis affinity and the archive.
+
+One stack serves the whole module (its event loop is module-scoped); calls are short scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import orjson
+import pytest
+import pytest_asyncio
+import ray
+
+from actors.activation import get_call_actor
+from gateway import status
+from gateway.answering import CALLBACK_PATH, MEDIA_PATH, websocket_base
+from gateway.local_stack import LocalStack, Replica
+from simulator import (
+    CallbackKnobs,
+    CallerScript,
+    CallFaults,
+    CallReport,
+    Scenario,
+    ScriptLine,
+    TokenFault,
+    run_scenario,
+    wire,
+)
+from simulator.acs_socket import connect_as_acs
+from simulator.audio import (
+    AudioFormat,
+    dominant_frequency,
+    frames,
+    speaking_duration,
+    speech_like,
+    voice_frequency,
+)
+from simulator.jwt_issuer import MEDIA_TOKEN_LIFETIME_S
+from simulator.service import AcsStandIn
+from storage.archive import open_archive
+from storage.local_redis import LocalRedisServer, free_port
+from storage.settings import Settings
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+FMT = AudioFormat(16_000)  # the gateway's default pcm16KMono
+PITCH_TOLERANCE_HZ = 4.0  # voices are 15 Hz apart; the pitch wobble spreads a peak by ~1.3 Hz
+DUPLICATES = "rtvoice_gateway_duplicate_events_total"
+ANSWERED = "rtvoice_gateway_calls_answered_total"
+LIVE_TIMEOUT_S = 60.0  # generous: the machine is shared and actor processes start cold
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = LIVE_TIMEOUT_S) -> None:
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.1)
+
+
+def participant(script: CallerScript) -> str:
+    """The ``participantRawID`` the stand-in tags a phone caller's frames with."""
+    return "4:" + script.caller
+
+
+def line_pcm(text: str, voice: int) -> bytes:
+    """The exact audio the stand-in streams for a generated line (whole 20 ms frames)."""
+    return b"".join(frames(speech_like(speaking_duration(text), FMT, voice), FMT))
+
+
+def caller(number: str, voice: int, lines: list[str], **fields: Any) -> CallerScript:
+    return CallerScript(
+        caller=number,
+        voice=voice,
+        lines=[ScriptLine(say=text, pause_s=0.4) for text in lines],
+        **({"lead_in_s": 0.2, "tail_s": 0.6} | fields),
+    )
+
+
+@dataclass
+class Harness:
+    """The module's stack plus the call ids it placed (their actors are killed at the end)."""
+
+    stack: LocalStack
+    namespace: str
+    call_ids: list[str] = field(default_factory=list)
+
+    @property
+    def acs(self) -> AcsStandIn:
+        assert self.stack.acs is not None
+        return self.stack.acs
+
+    @property
+    def replica(self) -> Replica:
+        return self.stack.running[0]
+
+    async def run(self, callers: list[CallerScript], url: str | None = None) -> list[CallReport]:
+        report = await run_scenario(
+            self.acs,
+            url or self.stack.gateway_url,
+            Scenario(calls=len(callers), callers=callers),
+            on_call_done=lambda call: self.call_ids.append(call.call_connection_id),
+        )
+        assert report.subscription_validated
+        return report.calls
+
+    async def live_call(self, script: CallerScript) -> str:
+        """The id of the stand-in's call playing ``script``, once the gateway has answered it."""
+        found: list[str] = []
+
+        async def answered() -> bool:
+            found.extend(i for i, call in self.acs.calls.items() if call.script == script)
+            return bool(found)
+
+        await eventually(answered)
+        self.call_ids.append(found[0])
+        return found[0]
+
+    async def actor(self, call_id: str) -> Any:
+        handle = None
+
+        async def found() -> bool:
+            nonlocal handle
+            handle = await asyncio.to_thread(get_call_actor, call_id, self.namespace)
+            return handle is not None
+
+        await eventually(found)
+        return handle
+
+    async def info(self, call_id: str) -> dict[str, Any]:
+        handle = await self.actor(call_id)
+        return await handle.info.remote()
+
+    async def ring(self, call_id: str, who: str) -> bytes:
+        handle = await self.actor(call_id)
+        return await handle.ring_snapshot.remote(who)
+
+    async def user_turns_at_least(self, call_id: str, n: int) -> bool:
+        return (await self.info(call_id))["metrics"]["turns"] >= 2 * n - 1
+
+    def settings(self) -> Settings:
+        assert self.stack.settings is not None
+        return self.stack.settings
+
+    async def transcript(self, call_id: str) -> dict[str, Any]:
+        """The archived transcript, once the actor has written it (after CallDisconnected)."""
+        async with open_archive(self.settings()) as archive:
+            doc: dict[str, Any] | None = None
+
+            async def archived() -> bool:
+                nonlocal doc
+                doc = await archive.get_transcript(call_id)
+                return doc is not None
+
+            await eventually(archived)
+        assert doc is not None
+        return doc
+
+    async def gone(self, call_id: str) -> bool:
+        return await asyncio.to_thread(get_call_actor, call_id, self.namespace) is None
+
+
+@pytest.fixture(scope="module")
+def stack_redis(redis_server: LocalRedisServer) -> Iterator[str]:
+    if not redis_server.running:  # a fault test elsewhere may have stopped it
+        redis_server.start()
+    yield redis_server.url
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def harness(ray_cluster: dict[str, Any], stack_redis: str) -> AsyncIterator[Harness]:
+    namespace = str(ray_cluster["namespace"])
+    base = Settings(
+        ray_namespace=namespace,
+        redis_url=stack_redis,
+        environment=f"e2e{uuid.uuid4().hex[:8]}",  # keys unique to this module's run
+        media_wait_s=1.0,  # an unknown call's media socket is refused after this long
+    )
+    async with LocalStack(base=base) as stack:
+        h = Harness(stack, namespace)
+        yield h
+    for call_id in h.call_ids:  # detached actors of calls a failed test left behind
+        handle = get_call_actor(call_id, namespace)
+        if handle is not None:
+            ray.kill(handle, no_restart=True)
+
+
+def user_texts(doc: dict[str, Any]) -> list[str]:
+    return [turn["text"] for turn in doc["turns"] if turn["role"] == "user"]
+
+
+def roles(doc: dict[str, Any]) -> list[str]:
+    return [turn["role"] for turn in doc["turns"]]
+
+
+def sample(replica: Replica, name: str) -> float:
+    """A counter of the replica's Prometheus registry (0 before it is first incremented)."""
+    return replica.gateway.metrics.registry.get_sample_value(name) or 0.0
+
+
+def nearest_voice(pcm: bytes, voices: list[int]) -> tuple[int, float]:
+    """The voice whose pitch is closest to the audio's dominant frequency, and the distance."""
+    heard = dominant_frequency(pcm, FMT)
+    best = min(voices, key=lambda v: abs(voice_frequency(v) - heard))
+    return best, abs(voice_frequency(best) - heard)
+
+
+# -- tests ------------------------------------------------------------------------------------
+
+
+async def test_concurrent_calls_each_reach_their_own_actor(harness: Harness) -> None:
+    voices = [0, 3, 6]  # 110, 155 and 200 Hz
+    scripts = [
+        caller(
+            f"+1425555010{i}",
+            voice,
+            [f"Caller {word} says hello.", f"Caller {word} has a question."],
+        )
+        for i, (voice, word) in enumerate(zip(voices, ["one", "two", "three"], strict=True))
+    ]
+    running = asyncio.create_task(harness.run(scripts))
+    live = {await harness.live_call(script): script for script in scripts}
+
+    # While the calls are live: each actor's inbound ring holds its own caller's voice only.
+    for call_id, script in live.items():
+        await eventually(partial(harness.user_turns_at_least, call_id, 1))
+        info = await harness.info(call_id)
+        assert info["ring_participants"] == [participant(script)]
+        voice, off_by = nearest_voice(await harness.ring(call_id, participant(script)), voices)
+        assert voice == script.voice and off_by < PITCH_TOLERANCE_HZ
+
+    reports = await running
+    assert all(r.answered and r.ok for r in reports), [r.unexpected for r in reports]
+    for report, script in zip(reports, scripts, strict=True):
+        assert live[report.call_connection_id] == script
+        assert report.heard_s > 0  # the actor's spoken replies reached the stand-in
+        doc = await harness.transcript(report.call_connection_id)
+        assert user_texts(doc) == [line.say for line in script.lines]
+        assert roles(doc) == ["user", "assistant"] * len(script.lines)
+        assert {t["participant"] for t in doc["turns"] if t["role"] == "user"} == {
+            participant(script)
+        }
+        assert doc["metrics"]["frames_in"] == report.frames_sent  # every frame, this actor
+
+
+async def test_duplicated_and_reordered_callbacks_are_handled_once(harness: Harness) -> None:
+    before = sample(harness.replica, DUPLICATES)
+    knobs = CallbackKnobs(duplicate=True, reorder=True)
+    script = caller("+14255550110", 9, ["Is this thing on?"], faults=CallFaults(callbacks=knobs))
+
+    (report,) = await harness.run([script])
+
+    assert report.ok, report.unexpected
+    assert report.events[:2] == ["ParticipantsUpdated", "ParticipantsUpdated"]  # reordered
+    distinct = len(report.events) // 2
+    assert report.events[::2] == report.events[1::2]  # each delivered twice, both accepted
+    assert sample(harness.replica, DUPLICATES) - before == distinct
+    doc = await harness.transcript(report.call_connection_id)
+    assert user_texts(doc) == ["Is this thing on?"]
+    assert doc["metrics"]["events"] == distinct and doc["metrics"]["duplicate_events"] == 0
+    participants = [p["raw_id"] for p in doc["metadata"]["participants"]]
+    assert participant(script) in participants  # ParticipantsUpdated before CallConnected
+    async with open_archive(harness.settings()) as archive:
+        actions = [entry["action"] for entry in await archive.list_audit(report.call_connection_id)]
+    assert actions.count("CallConnected") == 1 and actions.count("CallDisconnected") == 1
+
+
+async def test_callbacks_with_bad_tokens_are_refused_and_change_nothing(
+    harness: Harness,
+) -> None:
+    metrics = harness.replica.gateway.metrics
+    faults = {
+        TokenFault.FORGED: "invalid_token",
+        TokenFault.EXPIRED: "expired_token",
+        TokenFault.MISSING: "missing_token",
+    }
+    before = {reason: metrics.refused_count("callback", reason) for reason in faults.values()}
+    scripts = [
+        CallerScript(
+            caller=f"+1425555012{i}",
+            lines=[ScriptLine(pause_s=0.3)],
+            lead_in_s=0.1,
+            tail_s=0.1,
+            faults=CallFaults(callback_token=fault),
+        )
+        for i, fault in enumerate(faults)
+    ]
+
+    reports = await harness.run(scripts)
+
+    for report, reason in zip(reports, faults.values(), strict=True):
+        assert report.answered and report.ok, report.unexpected
+        assert report.events == [] and set(report.callback_statuses) == {status.HTTP_UNAUTHORIZED}
+        refused = metrics.refused_count("callback", reason) - before[reason]
+        assert refused == len(report.callback_statuses)
+    # A CallDisconnected without any Authorization header is refused as well...
+    call_id = reports[0].call_connection_id
+    nonce = harness.replica.gateway.url_secrets.new_nonce()
+    query = urlencode({"n": nonce, "s": harness.replica.gateway.url_secrets.sign(nonce)})
+    ids = wire.CallIds(call_id, "server-call", str(uuid.uuid4()))
+    body = [wire.cloud_event("CallDisconnected", ids, {}, datetime.now(UTC))]
+    missing = metrics.refused_count("callback", "missing_token")
+    async with httpx.AsyncClient(trust_env=False) as http:
+        response = await http.post(
+            f"{harness.stack.gateway_url}{CALLBACK_PATH}?{query}",
+            content=orjson.dumps(body),
+            headers={"Content-Type": "application/json"},
+        )
+    assert response.status_code == status.HTTP_UNAUTHORIZED
+    assert metrics.refused_count("callback", "missing_token") - missing == 1
+    # ...and none of the refused events reached an actor: each call is still live and unchanged.
+    for report in reports:
+        info = await harness.info(report.call_connection_id)
+        assert info["state"] == "ringing" and info["participants"] == []
+        assert info["metrics"]["events"] == 0 and info["metrics"]["duplicate_events"] == 0
+        handle = await harness.actor(report.call_connection_id)
+        await handle.shutdown.remote("test")  # no CallDisconnected will ever be accepted
+    for report in reports:
+        await eventually(partial(harness.gone, report.call_connection_id))
+
+
+async def test_media_socket_for_unknown_call_or_bad_token_closes_with_1008(
+    harness: Harness,
+) -> None:
+    gateway = harness.replica.gateway
+    nonce = gateway.url_secrets.new_nonce()
+    query = urlencode({"n": nonce, "s": gateway.url_secrets.sign(nonce)})
+    url = f"{websocket_base(harness.stack.gateway_url)}{MEDIA_PATH}?{query}"
+    tokens = harness.acs.tokens
+    cases = [
+        ("unknown_call", tokens.mint(MEDIA_TOKEN_LIFETIME_S)),
+        ("invalid_token", tokens.mint(MEDIA_TOKEN_LIFETIME_S, TokenFault.FORGED)),
+    ]
+    for reason, token in cases:
+        unknown = wire.CallIds(str(uuid.uuid4()), "server-call", str(uuid.uuid4()))
+        before = gateway.metrics.refused_count("media", reason)
+        ws = await connect_as_acs(url, unknown, token)
+        await asyncio.wait_for(ws.wait_closed(), LIVE_TIMEOUT_S)
+        assert ws.close_code == status.WS_POLICY_VIOLATION
+        assert gateway.metrics.refused_count("media", reason) - before == 1
+        assert await harness.gone(unknown.call_connection_id)  # no actor was created for it
+
+
+async def test_two_replicas_split_answer_callbacks_and_media(harness: Harness) -> None:
+    a = harness.replica
+    # Replica B answers Event Grid but hands ACS replica A's URLs (callbacks, media go to A).
+    b = await harness.stack.start_replica("gw-b", free_port(), public_url=a.url)
+    try:
+        await _two_replicas(harness, a, b)
+    finally:
+        await harness.stack.stop_replica(b)
+
+
+async def _two_replicas(harness: Harness, a: Replica, b: Replica) -> None:
+    redis = harness.stack.redis
+    assert redis is not None
+
+    async def media_on(call_id: str, replica_id: str) -> bool:
+        record = await redis.get_affinity(call_id)
+        return record is not None and record.media_replica == replica_id
+
+    # Answered by B, which hands ACS replica A's URLs: callbacks and media land on A.
+    answered_by_b = caller("+14255550130", 12, ["Answered by one, served by another."], tail_s=2.0)
+    b_answered = sample(b, ANSWERED)
+    first = asyncio.create_task(harness.run([answered_by_b], url=b.url))
+    fixed_id = await harness.live_call(answered_by_b)
+    await eventually(lambda: media_on(fixed_id, a.gateway.replica_id))
+    session = await redis.load_call_session(fixed_id)
+    assert session is not None and session["answered_by"] == b.gateway.replica_id
+    assert fixed_id in await redis.worker_calls(a.gateway.replica_id)
+
+    # Answered by A; its media socket drops mid-call and ACS reconnects to B. The drop comes
+    # late enough for A to have bridged the first socket: if A finished bridging after B, A's
+    # claim would overwrite B's (the affinity record has no order between media sockets).
+    moving_lines = ["I start on the first replica.", "Now I am on the second one."]
+    lead_in = 1.0
+    drop_at = lead_in + speaking_duration(moving_lines[0]) + 0.3  # in the pause after line one
+    moving = caller(
+        "+14255550131",
+        18,
+        moving_lines,
+        lead_in_s=lead_in,
+        tail_s=2.0,
+        faults=CallFaults(drop_media_after_s=drop_at, reconnect_to=b.url),
+    )
+    second = asyncio.create_task(harness.run([moving], url=a.url))
+
+    await eventually(lambda: harness.user_turns_at_least(fixed_id, 1))
+    voice, off_by = nearest_voice(
+        await harness.ring(fixed_id, participant(answered_by_b)),
+        [answered_by_b.voice, moving.voice],
+    )
+    assert voice == answered_by_b.voice and off_by < PITCH_TOLERANCE_HZ
+
+    moving_id = await harness.live_call(moving)
+    await eventually(lambda: media_on(moving_id, b.gateway.replica_id))
+    assert moving_id in await redis.worker_calls(b.gateway.replica_id)
+    after_move = line_pcm(moving_lines[1], moving.voice)
+
+    async def heard_after_move() -> bool:
+        return after_move in await harness.ring(moving_id, participant(moving))
+
+    await eventually(heard_after_move)  # byte for byte, in the moving call's own actor
+
+    (fixed_report,) = await first
+    (moving_report,) = await second
+    assert sample(b, ANSWERED) - b_answered == 1
+    assert moving_report.media_connects == 2
+    for report, script in ((fixed_report, answered_by_b), (moving_report, moving)):
+        assert report.ok and report.heard_s > 0, report.unexpected
+        doc = await harness.transcript(report.call_connection_id)
+        assert user_texts(doc) == [line.say for line in script.lines]
+        assert roles(doc) == ["user", "assistant"] * len(script.lines)
+        assert doc["metrics"]["frames_in"] == report.frames_sent

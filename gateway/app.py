@@ -25,7 +25,13 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway import status
-from gateway.acs_events import BadPayload, IncomingCall, parse_callbacks, parse_event_grid
+from gateway.acs_events import (
+    MAX_BODY_BYTES,
+    BadPayload,
+    IncomingCall,
+    parse_callbacks,
+    parse_event_grid,
+)
 from gateway.actor_directory import ActorDirectory
 from gateway.answering import (
     CALLBACK_PATH,
@@ -80,6 +86,27 @@ async def _authenticate(gw: Gateway, authorization: str | None, query: Any) -> N
         await gw.verifier.verify(authorization)
 
 
+async def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refused past ``limit`` without buffering the rest of it."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BadPayload("too_large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadPayload("too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _bad_payload(gw: Gateway, input_kind: str, exc: BadPayload) -> Response:
+    gw.metrics.refuse(input_kind, exc.reason)
+    code = status.HTTP_PAYLOAD_TOO_LARGE if exc.reason == "too_large" else status.HTTP_BAD_REQUEST
+    return _json({"error": exc.reason}, code)
+
+
 def _json(data: Any, code: int = status.HTTP_OK) -> Response:
     return Response(orjson.dumps(data), status_code=code, media_type="application/json")
 
@@ -87,10 +114,9 @@ def _json(data: Any, code: int = status.HTTP_OK) -> Response:
 async def incoming_call(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     try:
-        post = parse_event_grid(await request.body())
+        post = parse_event_grid(await _read_body(request))
     except BadPayload as exc:
-        gw.metrics.refuse("event_grid", exc.reason)
-        return _json({"error": exc.reason}, status.HTTP_BAD_REQUEST)
+        return _bad_payload(gw, "event_grid", exc)
     if post.validation_code is not None:
         return _json({"validationResponse": post.validation_code})
     for call in post.incoming_calls:
@@ -133,10 +159,9 @@ async def callbacks(request: Request) -> Response:
             status.HTTP_UNAUTHORIZED,
         )
     try:
-        events = parse_callbacks(await request.body())
+        events = parse_callbacks(await _read_body(request))
     except BadPayload as exc:
-        gw.metrics.refuse("callback", exc.reason)
-        return _json({"error": exc.reason}, status.HTTP_BAD_REQUEST)
+        return _bad_payload(gw, "callback", exc)
     for event in events:
         try:
             validate_identifier(event.call_connection_id, "call connection id")

@@ -1,0 +1,124 @@
+"""The gateway's HTTP routes on their own: Event Grid input, refusals, health and metrics.
+
+End-to-end behaviour with calls is in test_gateway_e2e.py; these need Redis (and Ray for
+readiness) but no ACS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from actors.config import CallActorConfig
+from gateway.acs_events import MAX_BODY_BYTES
+from gateway.app import Gateway, create_app
+from gateway.service import build_gateway
+from storage.keys import RedisKeyManager
+from storage.local_redis import free_port
+from storage.redis_manager import AsyncAzureRedisManager
+from storage.settings import Settings
+
+EVENT_GRID_VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
+
+
+def _gateway(redis_url: str, keys: RedisKeyManager) -> Gateway:
+    settings = Settings(
+        redis_url=redis_url,
+        public_url="http://127.0.0.1:1",
+        acs_endpoint="http://127.0.0.1:1",
+        acs_access_key=SecretStr("a2V5"),
+        gateway_secret=SecretStr("test-secret-test-secret-test-secret"),
+        replica_id="gw-test",
+    )
+    redis_mgr = AsyncAzureRedisManager.from_url(redis_url, keys, op_timeout=0.5)
+    return build_gateway(settings, redis_mgr, CallActorConfig.from_settings(settings))
+
+
+@pytest.fixture
+async def gateway(redis_url: str, key_manager: RedisKeyManager) -> AsyncIterator[Gateway]:
+    gw = _gateway(redis_url, key_manager)
+    yield gw
+    await gw.acs.close()
+    await gw.redis.close()
+
+
+def _client(gw: Gateway) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(gw)), base_url="http://gw"
+    )
+
+
+async def test_event_grid_validation_handshake(gateway: Gateway) -> None:
+    body = [
+        {
+            "id": "1",
+            "eventType": EVENT_GRID_VALIDATION,
+            "subject": "",
+            "eventTime": "2024-11-15T19:16:12.925Z",
+            "dataVersion": "1",
+            "data": {"validationCode": "abc-123"},
+        }
+    ]
+    async with _client(gateway) as client:
+        reply = await client.post("/api/incoming-call", content=orjson.dumps(body))
+    assert reply.status_code == 200
+    assert reply.json() == {"validationResponse": "abc-123"}
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", 400),
+        (b'"a string"', 400),
+        (b"[" + b'{"id": "x"},' * 200 + b'{"id": "y"}]', 400),
+        (b"[" + b" " * (MAX_BODY_BYTES + 1) + b"]", 413),
+    ],
+)
+async def test_bad_event_grid_input_is_refused_and_counted(
+    gateway: Gateway, body: bytes, code: int
+) -> None:
+    async with _client(gateway) as client:
+        reply = await client.post("/api/incoming-call", content=body)
+    assert reply.status_code == code
+    reason = reply.json()["error"]
+    assert gateway.metrics.refused_count("event_grid", reason) == 1
+
+
+async def test_callback_without_url_secret_is_401_and_counted(gateway: Gateway) -> None:
+    event = {"id": "e1", "type": "Microsoft.Communication.CallConnected", "data": {}}
+    async with _client(gateway) as client:
+        reply = await client.post("/api/callbacks", content=orjson.dumps([event]))
+    assert reply.status_code == 401
+    assert reply.json()["error"]["code"] == "Unauthorized"
+    refused = gateway.metrics.render().decode()
+    assert 'rtvoice_gateway_refused_total{input="callback"' in refused
+
+
+async def test_health_readiness_and_metrics(
+    gateway: Gateway, ray_cluster: dict[str, object]
+) -> None:
+    async with _client(gateway) as client:
+        assert (await client.get("/healthz")).text == "ok"
+        ready = await client.get("/readyz")
+        metrics = await client.get("/metrics")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ok", "checks": {"ray": True, "redis": True}}
+    assert "rtvoice_gateway_info" in metrics.text
+
+
+async def test_readiness_is_degraded_without_redis(
+    key_manager: RedisKeyManager, ray_cluster: dict[str, object]
+) -> None:
+    gw = _gateway(f"redis://127.0.0.1:{free_port()}/0", key_manager)
+    try:
+        async with _client(gw) as client:
+            ready = await client.get("/readyz")
+    finally:
+        await gw.acs.close()
+        await gw.redis.close()
+    assert ready.status_code == 200  # calls go on from actor memory
+    assert ready.json() == {"status": "degraded", "checks": {"ray": True, "redis": False}}

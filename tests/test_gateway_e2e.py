@@ -7,6 +7,8 @@ One stack serves the whole module (its event loop is module-scoped); calls are s
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -204,6 +206,15 @@ def roles(doc: dict[str, Any]) -> list[str]:
 def sample(replica: Replica, name: str) -> float:
     """A counter of the replica's Prometheus registry (0 before it is first incremented)."""
     return replica.gateway.metrics.registry.get_sample_value(name) or 0.0
+
+
+def reconnect_count(replica: Replica) -> float:
+    """Stream reconnections to a restarted actor, both streams."""
+    registry = replica.gateway.metrics.registry
+    name = "rtvoice_gateway_actor_reconnects_total"
+    return sum(
+        registry.get_sample_value(name, {"stream": s}) or 0.0 for s in ("media", "transcription")
+    )
 
 
 def nearest_voice(pcm: bytes, voices: list[int]) -> tuple[int, float]:
@@ -420,3 +431,39 @@ async def _two_replicas(harness: Harness, a: Replica, b: Replica) -> None:
         assert user_texts(doc) == [line.say for line in script.lines]
         assert roles(doc) == ["user", "assistant"] * len(script.lines)
         assert doc["metrics"]["frames_in"] == report.frames_sent
+
+
+async def test_actor_killed_mid_call_restarts_and_the_call_goes_on(harness: Harness) -> None:
+    lines = [
+        "this is said before the crash",
+        "this is said while the actor restarts",
+        "and this after it is back",
+    ]
+    script = CallerScript(
+        caller="+14255550190",
+        voice=9,
+        lines=[ScriptLine(say=lines[0], pause_s=1.0), *(ScriptLine(say=t) for t in lines[1:])],
+        lead_in_s=0.2,
+        tail_s=1.0,
+    )
+    before_reconnects = reconnect_count(harness.replica)
+    placed = asyncio.create_task(harness.run([script]))
+    call_id = await harness.live_call(script)
+    assert harness.stack.redis is not None
+    redis_mgr = harness.stack.redis
+
+    async def first_exchange_persisted() -> bool:
+        snap = await redis_mgr.load_conversation(call_id)
+        return snap is not None and len(snap.turns) >= 2
+
+    await eventually(first_exchange_persisted)
+    pid = (await harness.info(call_id))["pid"]
+    os.kill(pid, signal.SIGKILL)  # the actor's process, mid-call
+
+    [report] = await placed
+    assert report.answered and not report.unexpected, report.unexpected
+    doc = await harness.transcript(call_id)
+    assert user_texts(doc) == lines  # nothing said across the crash is lost
+    assert roles(doc) == ["user", "assistant"] * len(lines)
+    assert doc["metadata"]["restarts"] >= 1
+    assert reconnect_count(harness.replica) > before_reconnects

@@ -28,6 +28,8 @@ from storage.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
+WS_MAX_MESSAGE_BYTES = 1 << 20
+
 
 def parse_connection_string(value: str) -> tuple[str, str]:
     """``endpoint=...;accesskey=...`` -> (endpoint, key), keeping the endpoint's scheme.
@@ -123,6 +125,14 @@ class EmbeddedServer(uvicorn.Server):
 
 def uvicorn_server(app: Starlette, host: str, port: int) -> EmbeddedServer:
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", ws="websockets-sansio", lifespan="on"
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        ws="websockets-sansio",
+        # A transport cap (close 1009) far above any ACS message; the stream bridge refuses
+        # and counts anything over its own 64 KiB limit without closing the call's socket.
+        ws_max_size=WS_MAX_MESSAGE_BYTES,
+        lifespan="on",
     )
     return EmbeddedServer(config)

@@ -87,6 +87,21 @@ def caller(number: str, voice: int, lines: list[str], **fields: Any) -> CallerSc
     )
 
 
+async def archived_transcript(settings: Settings, call_id: str) -> dict[str, Any]:
+    """The archived transcript, once the actor has written it (after CallDisconnected)."""
+    async with open_archive(settings) as archive:
+        doc: dict[str, Any] | None = None
+
+        async def archived() -> bool:
+            nonlocal doc
+            doc = await archive.get_transcript(call_id)
+            return doc is not None
+
+        await eventually(archived)
+    assert doc is not None
+    return doc
+
+
 @dataclass
 class Harness:
     """The module's stack plus the call ids it placed (their actors are killed at the end)."""
@@ -153,18 +168,7 @@ class Harness:
         return self.stack.settings
 
     async def transcript(self, call_id: str) -> dict[str, Any]:
-        """The archived transcript, once the actor has written it (after CallDisconnected)."""
-        async with open_archive(self.settings()) as archive:
-            doc: dict[str, Any] | None = None
-
-            async def archived() -> bool:
-                nonlocal doc
-                doc = await archive.get_transcript(call_id)
-                return doc is not None
-
-            await eventually(archived)
-        assert doc is not None
-        return doc
+        return await archived_transcript(self.settings(), call_id)
 
     async def gone(self, call_id: str) -> bool:
         return await asyncio.to_thread(get_call_actor, call_id, self.namespace) is None
@@ -486,3 +490,18 @@ async def test_malformed_media_frames_are_counted_and_the_call_goes_on(harness: 
     invalid = doc["metrics"]["invalid_messages"]
     assert sum(invalid.values()) == len(kinds) - 1  # the binary one never reaches the actor
     assert doc["metrics"]["frames_in"] == report.frames_sent
+
+
+async def test_replies_spoken_by_acs_play_media(harness: Harness) -> None:
+    """The other speaker: the actor asks ACS (the stand-in) to speak its reply as text."""
+    script = caller("+14255550199", 15, ["please read this back to me"], tail_s=3.0)
+    async with LocalStack(base=harness.settings(), actor_overrides={"speaker": "acs"}) as stack:
+        assert stack.acs is not None and stack.settings is not None
+        result = await run_scenario(stack.acs, stack.gateway_url, Scenario(callers=[script]))
+        report = result.calls[0]
+        harness.call_ids.append(report.call_connection_id)
+        doc = await archived_transcript(stack.settings, report.call_connection_id)
+    assert report.answered and not report.unexpected, report.unexpected
+    replies = [turn["text"] for turn in doc["turns"] if turn["role"] == "assistant"]
+    assert replies and report.played == replies
+    assert "play" in report.operations

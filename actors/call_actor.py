@@ -86,6 +86,7 @@ class CallActor:
         self.config = config
         self.state = CallState(call_id, created_at=time.time())
         self.metrics = LiveMetrics()
+        self._ready_at = float("inf")  # when the stream endpoint opened (epoch seconds)
         self.rings = ParticipantRings(
             capacity=int(config.ring_seconds * config.sample_rate),
             max_participants=config.max_participants,
@@ -174,6 +175,7 @@ class CallActor:
         await self._load_caller(cm)
         self._node_id = self._ray_node_id()
         await self._open_endpoint()
+        self._ready_at = time.time()
         self._speaker = self._make_speaker(redis)
         self._audit("restarted" if restart else "activated", epoch=self.epoch)
         await self._store_session()
@@ -397,9 +399,10 @@ class CallActor:
 
     def _on_audio(self, msg: AudioData) -> None:
         self.metrics.frames_in += 1
-        latency = frame_latency_s(msg.timestamp, time.time())
+        now = time.time()
+        latency = frame_latency_s(msg.timestamp, now)
         if latency is not None and latency >= 0:  # negative: sent ahead of real time, or skew
-            self.metrics.frame_latency.record("frame", latency)
+            self.metrics.frame_seen(latency, captured_before_ready=now - latency < self._ready_at)
         lost = self.rings.write(msg.participant, msg.pcm)
         if lost < 0:
             self.metrics.frames_dropped += 1

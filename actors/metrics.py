@@ -50,6 +50,17 @@ class LiveMetrics:
     frame_latency: LatencyRecorder = field(
         default_factory=lambda: LatencyRecorder(FRAME_LATENCY_WINDOW)
     )
+    # Frames captured before this actor's endpoint was up (call set-up or a restart) waited
+    # for the actor, not for the data plane: counted apart so they do not hide its latency.
+    backlog_frames: int = 0
+    backlog_wait_ms_max: float = 0.0
+
+    def frame_seen(self, latency_s: float, *, captured_before_ready: bool) -> None:
+        if captured_before_ready:
+            self.backlog_frames += 1
+            self.backlog_wait_ms_max = max(self.backlog_wait_ms_max, latency_s * 1000.0)
+        else:
+            self.frame_latency.record("frame", latency_s)
 
     def checkpoint_done(self, seconds: float) -> None:
         ms = seconds * 1000.0
@@ -82,6 +93,8 @@ class LiveMetrics:
             "tts_misses": self.tts_misses,
             "frame_latency_ms_p50": round(latency.p50_ms, 3) if latency else None,
             "frame_latency_ms_p99": round(latency.p99_ms, 3) if latency else None,
+            "backlog_frames": self.backlog_frames,
+            "backlog_wait_ms_max": round(self.backlog_wait_ms_max, 3),
         }
 
 

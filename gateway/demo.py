@@ -73,6 +73,8 @@ class DemoSummary:
     assistant_turns: int
     latency_p50_ms: float | None  # median over calls of each call's p50
     latency_p99_ms: float | None  # the worst call's p99
+    backlog_frames: int  # captured before their call's actor was up (waited for it to start)
+    backlog_wait_ms_max: float
     connect_p50_s: float | None
     archive: str
     dashboard_url: str | None
@@ -102,6 +104,10 @@ class DemoSummary:
             assistant_turns=sum(turn.get("role") == "assistant" for turn in turns),
             latency_p50_ms=statistics.median(p50s) if p50s else None,
             latency_p99_ms=max(p99s) if p99s else None,
+            backlog_frames=sum(int(m.get("backlog_frames") or 0) for m in metrics),
+            backlog_wait_ms_max=max(
+                (m.get("backlog_wait_ms_max") or 0.0 for m in metrics), default=0.0
+            ),
             connect_p50_s=statistics.median(connects) if connects else None,
             archive=archive,
             dashboard_url=dashboard_url,
@@ -122,8 +128,12 @@ class DemoSummary:
             ("time to CallConnected p50", connect),
             ("frames routed", f"{self.frames_in:,.0f} in, {self.frames_out:,.0f} out"),
             ("frame latency p50 / p99", f"{ms(self.latency_p50_ms)} / {ms(self.latency_p99_ms)}"),
-            ("", "(ACS capture timestamp -> call actor; p99 includes frames queued"),
-            ("", " while a call's actor starts)"),
+            ("", "(ACS capture timestamp -> call actor, once the actor is up)"),
+            (
+                "frames held at call set-up",
+                f"{self.backlog_frames:,} (waited up to {self.backlog_wait_ms_max / 1000:.1f} s"
+                " for the call's actor to start)",
+            ),
             ("turns", f"{self.user_turns} caller, {self.assistant_turns} assistant"),
             ("transcripts archived", f"{self.archived}/{self.calls} in {self.archive}"),
             ("Ray dashboard", self.dashboard_url or "off"),

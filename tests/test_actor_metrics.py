@@ -31,3 +31,13 @@ def test_frame_latency_percentiles_in_snapshot() -> None:
         m.frame_latency.record("frame", ms / 1000)
     snap = m.snapshot()
     assert snap["frame_latency_ms_p50"] == 50.0 and snap["frame_latency_ms_p99"] == 99.0
+
+
+def test_frames_captured_before_the_actor_was_ready_are_backlog() -> None:
+    m = LiveMetrics()
+    m.frame_seen(1.5, captured_before_ready=True)
+    m.frame_seen(0.9, captured_before_ready=True)
+    m.frame_seen(0.002, captured_before_ready=False)
+    snap = m.snapshot()
+    assert snap["backlog_frames"] == 2 and snap["backlog_wait_ms_max"] == 1500.0
+    assert snap["frame_latency_ms_p99"] == 2.0

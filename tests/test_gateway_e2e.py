@@ -283,8 +283,15 @@ async def test_duplicated_and_reordered_callbacks_are_handled_once(harness: Harn
     assert doc["metrics"]["events"] == distinct and doc["metrics"]["duplicate_events"] == 0
     participants = [p["raw_id"] for p in doc["metadata"]["participants"]]
     assert participant(script) in participants  # ParticipantsUpdated before CallConnected
+    actions: list[str] = []
     async with open_archive(harness.settings()) as archive:
-        actions = [entry["action"] for entry in await archive.list_audit(report.call_connection_id)]
+
+        async def audited() -> bool:  # audit entries are written just after the transcript
+            entries = await archive.list_audit(report.call_connection_id)
+            actions[:] = [entry["action"] for entry in entries]
+            return "CallDisconnected" in actions
+
+        await eventually(audited)
     assert actions.count("CallConnected") == 1 and actions.count("CallDisconnected") == 1
 
 
@@ -505,3 +512,30 @@ async def test_replies_spoken_by_acs_play_media(harness: Harness) -> None:
     replies = [turn["text"] for turn in doc["turns"] if turn["role"] == "assistant"]
     assert replies and report.played == replies
     assert "play" in report.operations
+
+
+async def test_redis_stopped_mid_call_the_call_goes_on(
+    harness: Harness, redis_server: LocalRedisServer
+) -> None:
+    """Frames and callbacks do not touch Redis once a call is set up; the archive is elsewhere."""
+    lines = ["before redis stops", "while redis is down", "still while redis is down"]
+    script = CallerScript(
+        caller="+14255550170",
+        voice=18,
+        lines=[ScriptLine(say=lines[0], pause_s=0.5), *(ScriptLine(say=t) for t in lines[1:])],
+        lead_in_s=0.2,
+        tail_s=1.5,
+    )
+    placed = asyncio.create_task(harness.run([script]))
+    call_id = await harness.live_call(script)
+    await eventually(lambda: harness.user_turns_at_least(call_id, 1))
+    redis_server.stop()
+    try:
+        await eventually(lambda: harness.user_turns_at_least(call_id, 3))
+    finally:
+        redis_server.start()
+    [report] = await placed
+    assert report.answered and not report.unexpected, report.unexpected
+    doc = await harness.transcript(call_id)
+    assert user_texts(doc) == lines
+    assert roles(doc) == ["user", "assistant"] * len(lines)

@@ -48,7 +48,7 @@ class ActorDirectory:
             self.forget(call_id)
             raise CallEnded(call_id) from exc
         self._handles[call_id] = handle
-        info = await handle.activate.remote(incoming)
+        info = await handle.activate.remote(incoming)  # idempotent: returns the endpoint again
         endpoint = Endpoint(info["host"], int(info["port"]), info["token"], int(info["epoch"]))
         self._cache[call_id] = (time.monotonic(), endpoint)
         return endpoint

@@ -9,7 +9,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 
@@ -82,19 +82,34 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     return run_simulate(args)  # the stand-in is configured by flags, not RTVOICE_*
 
 
+def _count(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high], else a usage error naming the range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in {low}..{high}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rtvoice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run a gateway replica (configuration from RTVOICE_*)")
     serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_count(1, 65535), default=8000)
     serve.set_defaults(func=_serve)
 
     demo = sub.add_parser("demo", help="everything local: Ray, Redis, gateway, ACS stand-in")
-    demo.add_argument("--calls", type=int, default=3)
-    demo.add_argument("--lines", type=int, default=3, help="caller lines per call")
-    demo.add_argument("--port", type=int, default=0, help="gateway port (0: a free one)")
+    demo.add_argument("--calls", type=_count(1, 64), default=3)
+    demo.add_argument("--lines", type=_count(1, 20), default=3, help="caller lines per call")
+    demo.add_argument("--port", type=_count(0, 65535), default=0, help="0: a free port")
     demo.add_argument(
         "--archive", default=None, help="SQLite archive path (default: RTVOICE_ARCHIVE_PATH)"
     )

@@ -52,3 +52,15 @@ def test_simulate_dispatches_and_reports_an_unreachable_gateway(
     argv = ["simulate", "--gateway", "http://127.0.0.1:1", "--calls", "1", "--duration", "1"]
     assert main([*argv, "--answer-timeout", "1"]) == 1
     assert "answered=0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv", [["demo", "--calls", "0"], ["demo", "--lines", "x"], ["serve", "--port", "70000"]]
+)
+def test_out_of_range_arguments_are_usage_errors(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == 2
+    assert "not" in capsys.readouterr().err

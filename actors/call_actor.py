@@ -118,6 +118,7 @@ class CallActor:
         self._activation_lock = asyncio.Lock()
         self._turn_lock = asyncio.Lock()
         self._ending: asyncio.Task[None] | None = None
+        self._accepting_turns = True  # False once the end of call has taken the last turn
         self._session_dirty = False
         self._loud_frames = 0
         self._last_activity = time.monotonic()
@@ -453,7 +454,7 @@ class CallActor:
     async def _user_turn(self, msg: TranscriptionData) -> None:
         async with self._turn_lock:  # FIFO: turns keep the order they were heard in
             cm = self._cm
-            if cm is None or self._ending is not None:
+            if cm is None or not self._accepting_turns:
                 return
             await cm.append_to_history(
                 "user",
@@ -536,18 +537,31 @@ class CallActor:
             self.finished.set()
             self._exit_soon()
 
+    async def _drain_streams(self) -> None:
+        """Read on until the gateway closes the streams (it does when ACS closes its sockets)."""
+        server = self._server
+        if server is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.end_drain_s):
+                while server.connections:
+                    await asyncio.sleep(0.05)
+
     async def _archive_call(self, reason: str) -> None:
         now = time.time()
         self.state.disconnect(now)
         self._audit("ended", reason=reason)
+        if reason == "disconnected":
+            await self._drain_streams()
+        if self._server is not None:
+            await self._server.close()
+        await asyncio.sleep(0)  # turns spawned by the last messages reach the turn lock first
+        async with self._turn_lock:  # FIFO: every turn already heard is recorded before this
+            self._accepting_turns = False
         current = asyncio.current_task()
         for task in [*self._loops, *self._tasks]:
             if task is not current:
                 task.cancel()
-        if self._server is not None:
-            await self._server.close()
-        async with self._turn_lock:  # let an in-flight turn finish recording
-            pass
         self._sync_metrics()
         for delay in (0.0, 0.2, 0.5):  # best effort: the archive below has every turn anyway
             await asyncio.sleep(delay)

@@ -42,6 +42,9 @@ class CallActorConfig:
     spool_path: str = "rtvoice-archive-spool.jsonl"
     # Call behaviour
     idle_timeout_s: float = 120.0
+    # After CallDisconnected, keep reading the streams until the gateway closes them, at most this
+    # long: the callback can overtake the caller's last frames and final transcription result.
+    end_drain_s: float = 2.0
     audio_format: Literal["pcm16KMono", "pcm24KMono"] = "pcm16KMono"
     ring_seconds: float = 10.0
     max_participants: int = 16

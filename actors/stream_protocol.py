@@ -193,7 +193,18 @@ class StreamConnection:
         except (ConnectionError, BadFrame):
             return None
 
-    async def close(self) -> None:
+    async def close(self, linger_s: float = 1.0) -> None:
+        """Half-close, then let the actor close its side (at most ``linger_s``).
+
+        Closing outright while the actor's outbound audio sits unread here would make the
+        kernel reset the connection, and the actor would lose inbound frames it had not read.
+        """
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            if self._writer.can_write_eof():
+                self._writer.write_eof()
+            async with asyncio.timeout(linger_s):
+                while await self._reader.read(64 * 1024):
+                    pass  # the actor's last outbound audio: nobody is listening any more
         self._writer.close()
         with contextlib.suppress(ConnectionError, OSError):  # the peer already went away
             await self._writer.wait_closed()

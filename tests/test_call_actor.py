@@ -403,6 +403,28 @@ async def test_barge_in_stops_playback(config: CallActorConfig, call_ids: list[s
     await handle.shutdown.remote("test")
 
 
+async def test_words_after_call_disconnected_are_kept_until_the_streams_close(
+    config: CallActorConfig, call_ids: list[str], archive: SqliteArchive
+) -> None:
+    # ACS's CallDisconnected callback can overtake the last media and transcription messages.
+    call_id = new_call(call_ids)
+    handle = await aget_or_activate(call_id, config, incoming=incoming())
+    ep = await handle.activate.remote(None)
+    media = await connect(ep, "media")
+    transcription = await connect(ep, "transcription")
+    await handle.handle_event.remote(event("CallDisconnected"))
+    for i in range(3):
+        await media.send_acs(audio_msg(frame_pcm(i)))
+    await transcription.send_acs(transcript_msg("goodbye and thanks"))
+    await media.close()
+    await transcription.close()
+    await eventually(lambda: gone(call_id, config.namespace))
+    doc = await archive.get_transcript(call_id)
+    assert doc is not None
+    assert [t["text"] for t in doc["turns"] if t["role"] == "user"] == ["goodbye and thanks"]
+    assert doc["metrics"]["frames_in"] == 3
+
+
 async def test_idle_actor_ends_itself_and_archives(
     config: CallActorConfig, call_ids: list[str], archive: SqliteArchive
 ) -> None:

@@ -514,6 +514,22 @@ async def test_replies_spoken_by_acs_play_media(harness: Harness) -> None:
     assert "play" in report.operations
 
 
+async def test_callers_sending_as_fast_as_possible_lose_no_frame(harness: Harness) -> None:
+    """Frames in flight when the caller hangs up still reach the actor (no reset on close)."""
+    scripts = [
+        CallerScript.talking_for(
+            10.0, voice=20 + i, caller=f"+1425555021{i}", realtime=False, record_audio=False
+        )
+        for i in range(3)
+    ]
+    reports = await harness.run(scripts)
+    for script, report in zip(scripts, reports, strict=True):
+        assert report.answered and not report.unexpected, report.unexpected
+        doc = await harness.transcript(report.call_connection_id)
+        assert doc["metrics"]["frames_in"] == report.frames_sent
+        assert user_texts(doc) == [line.say for line in script.lines]
+
+
 async def test_redis_stopped_mid_call_the_call_goes_on(
     harness: Harness, redis_server: LocalRedisServer
 ) -> None:

@@ -1,4 +1,5 @@
 import asyncio
+import time
 
 import pytest
 
@@ -15,6 +16,7 @@ from actors.stream_protocol import (
     open_stream,
     parse_hello,
 )
+from actors.stream_server import ServerConnection, StreamServer
 
 
 def test_roundtrip_in_arbitrary_chunks() -> None:
@@ -73,3 +75,45 @@ async def test_open_stream_refused_with_the_actor_code() -> None:
         assert info.value.code == "bad_token"
         with pytest.raises(ValueError):
             await open_stream("127.0.0.1", port, "x", "c", "video")
+
+
+async def test_close_delivers_every_frame_while_outbound_audio_is_unread() -> None:
+    """Closing with the actor's audio unread must not reset the connection: the actor, still
+    talking, would fail its next write and drop the frames it had not read yet."""
+    received: list[bytes] = []
+    sends: list[asyncio.Task[bool]] = []
+
+    class BusyActor:
+        epoch = 1
+
+        def on_open(self, conn: ServerConnection) -> None:
+            sends.extend(asyncio.create_task(conn.send_acs("a" * 4000)) for _ in range(250))
+
+        def on_message(self, conn: ServerConnection, payload: bytes) -> None:
+            if not received:
+                time.sleep(0.3)  # the actor is behind: frames pile up in its socket buffer
+            if len(received) % 50 == 0:  # and it keeps talking while it catches up
+                sends.append(asyncio.create_task(conn.send_acs("a" * 4000)))
+            received.append(payload)
+
+        def on_close(self, conn: ServerConnection) -> None:
+            pass
+
+        def on_refused(self, reason: str) -> None:
+            pass
+
+    server = StreamServer(BusyActor(), call_id="c1", token="t")
+    port = await server.start()
+    try:
+        conn = await open_stream("127.0.0.1", port, "t", "c1", "media")
+        await asyncio.sleep(0.1)  # the actor's outbound audio arrives and stays unread
+        for i in range(500):
+            await conn.send_acs(f"frame-{i:04d}" + "x" * 1700)
+        await conn.close()
+        async with asyncio.timeout(10):
+            while len(received) < 500:
+                await asyncio.sleep(0.01)
+        assert [r[:10] for r in received] == [f"frame-{i:04d}".encode() for i in range(500)]
+    finally:
+        await asyncio.gather(*sends, return_exceptions=True)
+        await server.close()

@@ -176,11 +176,16 @@ class ConversationManager:
         return turn
 
     async def persist(self) -> int:
-        """Write what changed since the last persist; returns the round trips made (0 or 1)."""
+        """Write what changed since the last persist; returns the round trips made.
+
+        One round trip normally; two when Redis turns out to hold fewer turns than this writer
+        has persisted (it restarted without persistence): the whole history is then rewritten.
+        """
         async with self._persist_lock:  # two persists at once would send one batch twice
             if not self.dirty:
                 return 0
             batch = list(self._pending)
+            known = self._history[: len(self._history) - len(self._pending) + len(batch)]
             version = self._context_version
             context_changed = version != self._persisted_version
             length = await self._redis.checkpoint(
@@ -189,9 +194,19 @@ class ConversationManager:
                 context=dict(self._context) if context_changed else None,
                 new_turns=[t.to_dict() for t in batch],
             )
+            round_trips = 1
+            if length < len(known):  # turns we wrote are gone: write everything we know again
+                length = await self._redis.checkpoint(
+                    self.session_id,
+                    epoch=self.epoch,
+                    context=dict(self._context),
+                    new_turns=[t.to_dict() for t in known],
+                    replace_history=True,
+                )
+                round_trips = 2
             first = length - len(batch) + 1
             for offset, turn in enumerate(batch):
                 turn.seq = first + offset
             del self._pending[: len(batch)]
             self._persisted_version = version
-            return 1
+            return round_trips

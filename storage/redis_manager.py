@@ -62,13 +62,14 @@ CHECKPOINT_LUA = """
 local stored = tonumber(redis.call('GET', KEYS[3]) or '0')
 local epoch = tonumber(ARGV[1])
 if stored > epoch then return {0, stored} end
+if ARGV[6] == '1' then redis.call('DEL', KEYS[2]) end
 if ARGV[2] == '1' then
   redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4])
 else
   redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
 local n = 0
-for i = 6, #ARGV, 1000 do
+for i = 7, #ARGV, 1000 do
   n = redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 if n == 0 then n = redis.call('LLEN', KEYS[2]) end
@@ -670,8 +671,13 @@ class AsyncAzureRedisManager:
         epoch: int,
         context: dict[str, Any] | None,
         new_turns: list[dict[str, Any]],
+        replace_history: bool = False,
     ) -> int:
-        """Write context + append turns + refresh TTLs in one EVALSHA, fenced by ``epoch``."""
+        """Write context + append turns + refresh TTLs in one EVALSHA, fenced by ``epoch``.
+
+        Returns the history's length. ``replace_history`` makes ``new_turns`` the whole history
+        (a writer repairing what a Redis restart without persistence lost).
+        """
         keys = self._conv_keys(conversation_id)
         doc = b""
         if context is not None:
@@ -688,6 +694,7 @@ class AsyncAzureRedisManager:
             doc,
             _CTX_TTL,
             _HISTORY_TTL,
+            "1" if replace_history else "0",
             *self._turn_payloads(new_turns),
         ]
         async with self._op("checkpoint"):

@@ -168,10 +168,11 @@ async def test_persist_after_redis_outage_loses_nothing(
         assert cm.pending_turns == 1 and cm.dirty
     finally:
         redis_server.start()
-    # The restart lost the data (no persistence): the next persist still sends what is pending.
-    assert await cm.persist() == 1
+    # The restart lost the data (no persistence): the next persist sends what is pending, sees
+    # the loss and writes the whole history again.
+    assert await cm.persist() == 2
     snap = await mgr.load_conversation(cm.session_id)
-    assert snap is not None and [t["text"] for t in snap.turns] == ["two"]
+    assert snap is not None and [t["text"] for t in snap.turns] == ["one", "two"]
     assert snap.context == {"k": "v"}
 
 
@@ -266,3 +267,25 @@ async def test_current_format_wins_over_a_stale_legacy_hash(
     again = await ConversationManager.from_redis(conv, mgr)
     assert [t.text for t in again.history] == ["current"]
     await admin.delete(RedisKeyManager.legacy_session_key(conv))
+
+
+async def test_history_lost_by_a_redis_restart_is_written_again(
+    mgr: AsyncAzureRedisManager, admin: aioredis.Redis
+) -> None:
+    session = sid()
+    cm = await ConversationManager.from_redis(session, mgr)
+    await cm.claim_epoch()
+    await cm.update_context({"caller": "Ada"})
+    await cm.append_to_history("user", "one")
+    await cm.append_to_history("assistant", "two")
+    assert await cm.persist() == 1
+    # A Redis restart without persistence: every key of the conversation is gone.
+    await admin.delete(*(mgr.keys.conversation_key(session, c) for c in Component))
+    await cm.append_to_history("user", "three")
+    assert await cm.persist() == 2  # the append showed the loss; the repair rewrote it all
+    snap = await mgr.load_conversation(session)
+    assert snap is not None and snap.context == {"caller": "Ada"}
+    assert [(t["seq"], t["text"]) for t in snap.turns] == [(1, "one"), (2, "two"), (3, "three")]
+    assert [t.seq for t in cm.history] == [1, 2, 3]
+    await cm.append_to_history("assistant", "four")
+    assert await cm.persist() == 1  # back to one round trip

@@ -555,3 +555,9 @@ async def test_redis_stopped_mid_call_the_call_goes_on(
     doc = await harness.transcript(call_id)
     assert user_texts(doc) == lines
     assert roles(doc) == ["user", "assistant"] * len(lines)
+    assert [turn["seq"] for turn in doc["turns"]] == list(range(1, 2 * len(lines) + 1))
+    assert harness.stack.redis is not None  # the history Redis lost was written again
+    snap = await harness.stack.redis.load_conversation(call_id)
+    assert snap is not None and [t["text"] for t in snap.turns] == [
+        turn["text"] for turn in doc["turns"]
+    ]

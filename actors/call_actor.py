@@ -493,9 +493,11 @@ class CallActor:
                 if current is not None and current.epoch > self.epoch:
                     self._fenced()
                     return
-                # The lease lapsed (e.g. during a Redis outage): claim it again.
+                # The lease lapsed (a Redis outage, or a restart that lost every key): claim it
+                # again, and rewrite the session the gateway needs to accept new sockets.
                 record = self._affinity_record()
                 await self._redis.claim_affinity(record, lease_s=self.config.lease_s)
+                await self._store_session()
             except RedisUnavailableError:
                 log.info("heartbeat: redis unavailable; serving from memory")
 

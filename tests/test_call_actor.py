@@ -439,6 +439,7 @@ async def test_redis_outage_mid_call_keeps_every_turn(
     config: CallActorConfig,
     call_ids: list[str],
     redis_server: LocalRedisServer,
+    redis_mgr: Any,
     archive: SqliteArchive,
 ) -> None:
     call_id = new_call(call_ids)
@@ -456,6 +457,9 @@ async def test_redis_outage_mid_call_keeps_every_turn(
     finally:
         redis_server.start()
     await eventually(lambda: _checkpoints_above(handle, checkpoints))  # caught up
+    # The restart lost every key: history, affinity and session are written again from memory.
+    await eventually(lambda: _persisted_turns(redis_mgr, call_id, 4))
+    await eventually(lambda: _restored(redis_mgr, call_id))
     await handle.shutdown.remote("test")
     await eventually(lambda: gone(call_id, config.namespace))
     doc = await archive.get_transcript(call_id)
@@ -465,6 +469,12 @@ async def test_redis_outage_mid_call_keeps_every_turn(
         "during the outage",
     ]
     await transcription.close()
+
+
+async def _restored(redis_mgr: Any, call_id: str) -> bool:
+    affinity = await redis_mgr.get_affinity(call_id)
+    session = await redis_mgr.load_call_session(call_id)
+    return affinity is not None and session is not None and session.get("caller_id") == CALLER
 
 
 async def _checkpoint_failures(handle: Any) -> bool:

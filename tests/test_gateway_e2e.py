@@ -102,6 +102,19 @@ async def archived_transcript(settings: Settings, call_id: str) -> dict[str, Any
     return doc
 
 
+def pausing_caller(
+    number: str, voice: int, lines: list[str], *, pause_s: float, tail_s: float
+) -> CallerScript:
+    """A caller who pauses after the first line: the moment a test causes its fault."""
+    return CallerScript(
+        caller=number,
+        voice=voice,
+        lines=[ScriptLine(say=lines[0], pause_s=pause_s), *(ScriptLine(say=t) for t in lines[1:])],
+        lead_in_s=0.2,
+        tail_s=tail_s,
+    )
+
+
 @dataclass
 class Harness:
     """The module's stack plus the call ids it placed (their actors are killed at the end)."""
@@ -450,13 +463,7 @@ async def test_actor_killed_mid_call_restarts_and_the_call_goes_on(harness: Harn
         "this is said while the actor restarts",
         "and this after it is back",
     ]
-    script = CallerScript(
-        caller="+14255550190",
-        voice=9,
-        lines=[ScriptLine(say=lines[0], pause_s=1.0), *(ScriptLine(say=t) for t in lines[1:])],
-        lead_in_s=0.2,
-        tail_s=1.0,
-    )
+    script = pausing_caller("+14255550190", 9, lines, pause_s=1.0, tail_s=1.0)
     before_reconnects = reconnect_count(harness.replica)
     placed = asyncio.create_task(harness.run([script]))
     call_id = await harness.live_call(script)
@@ -535,13 +542,7 @@ async def test_redis_stopped_mid_call_the_call_goes_on(
 ) -> None:
     """Frames and callbacks do not touch Redis once a call is set up; the archive is elsewhere."""
     lines = ["before redis stops", "while redis is down", "still while redis is down"]
-    script = CallerScript(
-        caller="+14255550170",
-        voice=18,
-        lines=[ScriptLine(say=lines[0], pause_s=0.5), *(ScriptLine(say=t) for t in lines[1:])],
-        lead_in_s=0.2,
-        tail_s=1.5,
-    )
+    script = pausing_caller("+14255550170", 18, lines, pause_s=0.5, tail_s=1.5)
     placed = asyncio.create_task(harness.run([script]))
     call_id = await harness.live_call(script)
     await eventually(lambda: harness.user_turns_at_least(call_id, 1))

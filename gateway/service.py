@@ -5,12 +5,10 @@ Configuration is read once by the caller (``load_settings``) and passed in.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
 import socket
-from collections.abc import Iterator
 
 import uvicorn
 from azure.communication.callautomation.aio import CallAutomationClient
@@ -21,6 +19,7 @@ from actors.config import CallActorConfig
 from gateway.actor_directory import ActorDirectory
 from gateway.app import Gateway
 from gateway.auth import AcsTokenVerifier, JwtPolicy, UrlSecrets
+from gateway.embedded_server import EmbeddedServer
 from gateway.metrics import GatewayMetrics
 from storage.keys import validate_identifier
 from storage.redis_manager import AsyncAzureRedisManager
@@ -109,18 +108,6 @@ def build_gateway(
         locale=settings.transcription_locale,
         media_wait_s=settings.media_wait_s,
     )
-
-
-class EmbeddedServer(uvicorn.Server):
-    """A uvicorn server that leaves signals to its owner.
-
-    uvicorn re-raises a captured SIGINT after its own shutdown, which would interrupt the
-    owner's clean-up (closing clients, stopping Redis); owners stop it with ``should_exit``.
-    """
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def uvicorn_server(app: Starlette, host: str, port: int) -> EmbeddedServer:

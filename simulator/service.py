@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import secrets
 import socket
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from types import TracebackType
 
@@ -20,6 +18,7 @@ import httpx
 import uvicorn
 from starlette import status
 
+from gateway.embedded_server import EmbeddedServer  # uvicorn, minus its signal capture
 from simulator import wire
 from simulator.call import CallEnv, SimCall, event_grid_headers
 from simulator.jwt_issuer import ACS_ISSUER, JwtIssuer
@@ -30,14 +29,6 @@ from simulator.wire import Json
 
 DEFAULT_EVENT_GRID_PATH = "/api/incoming-call"
 HTTP_TIMEOUT_S = 30.0
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without signal capture: the process embedding the stand-in owns its signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 class AcsStandIn:
@@ -74,7 +65,7 @@ class AcsStandIn:
         self.socket_grace_s = socket_grace_s
         self.calls: dict[str, SimCall] = {}  # live calls by call connection id
         self._ringing: dict[str, SimCall] = {}  # by incomingCallContext
-        self._server: _EmbeddedServer | None = None
+        self._server: EmbeddedServer | None = None
         self._serving: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._placed = 0
@@ -114,7 +105,7 @@ class AcsStandIn:
         config = uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="off", ws="none"
         )
-        self._server = _EmbeddedServer(config)
+        self._server = EmbeddedServer(config)
         self._serving = asyncio.create_task(self._server.serve(sockets=[self._socket]))
         self._http = httpx.AsyncClient(
             timeout=HTTP_TIMEOUT_S,

@@ -21,6 +21,7 @@ def __getattr__(name: str) -> Any:
         return CosmosArchive
     raise AttributeError(f"module 'storage' has no attribute {name!r}")
 
+
 __all__ = [
     "TTL_POLICIES",
     "AffinityRecord",

@@ -5,10 +5,9 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
-import time
 from pathlib import Path
 
-from storage.local_redis import free_port
+from storage.local_redis import free_port, stop_process, wait_until_serving
 
 EMULATOR_DIR = Path(__file__).parent / "cosmos_emulator"
 EMULATOR_BIN = EMULATOR_DIR / "node_modules" / ".bin" / "cosmosdb-server"
@@ -43,32 +42,24 @@ class CosmosEmulator:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        try:
+            wait_until_serving(self._proc, self._tls_handshake, timeout, "cosmosdb-server")
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
+
+    def _tls_handshake(self) -> bool:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # the emulator's self-signed certificate, tests only
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"cosmosdb-server exited with {self._proc.returncode}")
-            try:
-                with (
-                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw,
-                    ctx.wrap_socket(raw),
-                ):
-                    return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"cosmosdb-server did not answer on port {self.port}")
+        with (
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw,
+            ctx.wrap_socket(raw),
+        ):
+            return True
 
     def stop(self) -> None:
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
+        if self._proc is not None:
+            stop_process(self._proc)
         self._proc = None

@@ -471,6 +471,45 @@ async def test_redis_outage_mid_call_keeps_every_turn(
     await transcription.close()
 
 
+async def test_redis_paused_mid_call_keeps_every_turn(
+    config: CallActorConfig,
+    call_ids: list[str],
+    redis_server: LocalRedisServer,
+    redis_mgr: Any,
+    archive: SqliteArchive,
+) -> None:
+    """A hung Redis (SIGSTOP) costs each operation its timeout, never a turn or a frame."""
+    call_id = new_call(call_ids)
+    handle = await aget_or_activate(call_id, config, incoming=incoming())
+    ep = await handle.activate.remote(None)
+    media = await connect(ep, "media")
+    transcription = await connect(ep, "transcription")
+    await transcription.send_acs(transcript_msg("before the pause"))
+    await eventually(lambda: _turns_at_least(handle, 2))
+    assert redis_server.pid is not None
+    os.kill(redis_server.pid, signal.SIGSTOP)
+    try:
+        for i in range(50):
+            await media.send_acs(audio_msg(frame_pcm(i)))
+        await transcription.send_acs(transcript_msg("during the pause"))
+        await eventually(lambda: _turns_at_least(handle, 4))
+        await eventually(lambda: _checkpoint_failures(handle))
+        assert (await info(handle))["metrics"]["frames_in"] == 50
+    finally:
+        os.kill(redis_server.pid, signal.SIGCONT)
+    await eventually(lambda: _persisted_turns(redis_mgr, call_id, 4))  # caught up
+    await handle.shutdown.remote("test")
+    await eventually(lambda: gone(call_id, config.namespace))
+    doc = await archive.get_transcript(call_id)
+    assert doc is not None
+    assert [t["text"] for t in doc["turns"] if t["role"] == "user"] == [
+        "before the pause",
+        "during the pause",
+    ]
+    await media.close()
+    await transcription.close()
+
+
 async def _restored(redis_mgr: Any, call_id: str) -> bool:
     affinity = await redis_mgr.get_affinity(call_id)
     session = await redis_mgr.load_call_session(call_id)

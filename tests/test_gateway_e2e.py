@@ -251,6 +251,7 @@ async def test_concurrent_calls_each_reach_their_own_actor(harness: Harness) -> 
             f"+1425555010{i}",
             voice,
             [f"Caller {word} says hello.", f"Caller {word} has a question."],
+            tail_s=2.5,  # time to hear the last reply even on a busy machine
         )
         for i, (voice, word) in enumerate(zip(voices, ["one", "two", "three"], strict=True))
     ]

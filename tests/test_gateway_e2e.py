@@ -414,8 +414,8 @@ async def _two_replicas(harness: Harness, a: Replica, b: Replica) -> None:
     assert fixed_id in await redis.worker_calls(a.gateway.replica_id)
 
     # Answered by A; its media socket drops mid-call and ACS reconnects to B. The drop comes
-    # late enough for A to have bridged the first socket: if A finished bridging after B, A's
-    # claim would overwrite B's (the affinity record has no order between media sockets).
+    # after line one, once A has bridged the first socket (the socket opened last wins the
+    # affinity record either way: storage orders claims by opening time).
     moving_lines = ["I start on the first replica.", "Now I am on the second one."]
     lead_in = 1.0
     drop_at = lead_in + speaking_duration(moving_lines[0]) + 0.3  # in the pause after line one

@@ -27,6 +27,7 @@ from storage.keys import validate_identifier
 
 __all__ = [
     "CallEndedError",
+    "aactivate",
     "actor_options",
     "aget_or_activate",
     "get_call_actor",
@@ -85,6 +86,25 @@ def get_or_activate(
     return handle
 
 
+async def aactivate(
+    call_id: str,
+    config: CallActorConfig,
+    *,
+    incoming: dict[str, Any] | None = None,
+    timeout_s: float = 60.0,
+) -> tuple[ActorHandle[CallActor], dict[str, Any]]:
+    """The call's actor and the stream endpoint it registered (host, port, token, epoch)."""
+    handle = await asyncio.to_thread(_create, call_id, config)
+    try:
+        endpoint: dict[str, Any] = await asyncio.wait_for(
+            handle.activate.remote(incoming), timeout_s
+        )
+    except CallEndedError:
+        await asyncio.to_thread(_forget, handle)
+        raise
+    return handle, endpoint
+
+
 async def aget_or_activate(
     call_id: str,
     config: CallActorConfig,
@@ -93,12 +113,7 @@ async def aget_or_activate(
     timeout_s: float = 60.0,
 ) -> ActorHandle[CallActor]:
     """``get_or_activate`` for an asyncio driver (the gateway): never blocks its event loop."""
-    handle = await asyncio.to_thread(_create, call_id, config)
-    try:
-        await asyncio.wait_for(handle.activate.remote(incoming), timeout_s)
-    except CallEndedError:
-        await asyncio.to_thread(_forget, handle)
-        raise
+    handle, _ = await aactivate(call_id, config, incoming=incoming, timeout_s=timeout_s)
     return handle
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from actors.activation import CallEndedError, aget_or_activate
+from actors.activation import CallEndedError, aactivate
 from actors.config import CallActorConfig
 from gateway.stream_bridge import CallEnded, Endpoint
 from storage.errors import StorageError
@@ -43,12 +43,11 @@ class ActorDirectory:
         Raises CallEnded if the call is already over (the actor refuses to come back).
         """
         try:
-            handle = await aget_or_activate(call_id, self._config, incoming=incoming)
+            handle, info = await aactivate(call_id, self._config, incoming=incoming)
         except CallEndedError as exc:
             self.forget(call_id)
             raise CallEnded(call_id) from exc
         self._handles[call_id] = handle
-        info = await handle.activate.remote(incoming)  # idempotent: returns the endpoint again
         endpoint = Endpoint(info["host"], int(info["port"]), info["token"], int(info["epoch"]))
         self._cache[call_id] = (time.monotonic(), endpoint)
         return endpoint

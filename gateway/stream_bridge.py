@@ -62,6 +62,9 @@ class StreamBridge:
         self.stream = stream
         self._resolve = resolve
         self._metrics = metrics
+        # Label lookups resolved once, not per frame.
+        self._frames_in = metrics.frames.labels(stream=stream, direction="in")
+        self._frames_out = metrics.frames.labels(stream=stream, direction="out")
         self._pending: deque[str] = deque(maxlen=replay_limit)
         self._max_message_bytes = max_message_bytes
         self._deadline_s = reconnect_deadline_s
@@ -134,7 +137,7 @@ class StreamBridge:
         try:
             await conn.send_acs(text)
             self.forwarded += 1
-            self._metrics.frames.labels(stream=self.stream, direction="in").inc()
+            self._frames_in.inc()
         except (ConnectionError, OSError):
             self._buffer(text)
             self._start_reconnect()
@@ -173,7 +176,7 @@ class StreamBridge:
                 await self.websocket.send_text(frame.text())
             except (RuntimeError, WebSocketDisconnect, ConnectionError):
                 return  # ACS side closed; run() ends the bridge
-            self._metrics.frames.labels(stream=self.stream, direction="out").inc()
+            self._frames_out.inc()
         if conn is self._conn:  # the actor went away under us: reconnect to its successor
             self._start_reconnect()
 

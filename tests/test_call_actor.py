@@ -435,6 +435,29 @@ async def test_idle_actor_ends_itself_and_archives(
     assert doc is not None and doc["end_reason"] == "idle" and doc["turns"] == []
 
 
+async def _call_after_first_turn(
+    config: CallActorConfig, call_ids: list[str], text: str
+) -> tuple[str, Any, dict[str, Any], Any]:
+    """A live call whose first exchange (``text`` and its reply) is recorded."""
+    call_id = new_call(call_ids)
+    handle = await aget_or_activate(call_id, config, incoming=incoming())
+    ep = await handle.activate.remote(None)
+    transcription = await connect(ep, "transcription")
+    await transcription.send_acs(transcript_msg(text))
+    await eventually(lambda: _turns_at_least(handle, 2))
+    return call_id, handle, ep, transcription
+
+
+async def _user_texts_after_shutdown(
+    handle: Any, call_id: str, config: CallActorConfig, archive: SqliteArchive
+) -> list[str]:
+    await handle.shutdown.remote("test")
+    await eventually(lambda: gone(call_id, config.namespace))
+    doc = await archive.get_transcript(call_id)
+    assert doc is not None
+    return [t["text"] for t in doc["turns"] if t["role"] == "user"]
+
+
 async def test_redis_outage_mid_call_keeps_every_turn(
     config: CallActorConfig,
     call_ids: list[str],
@@ -442,12 +465,9 @@ async def test_redis_outage_mid_call_keeps_every_turn(
     redis_mgr: Any,
     archive: SqliteArchive,
 ) -> None:
-    call_id = new_call(call_ids)
-    handle = await aget_or_activate(call_id, config, incoming=incoming())
-    ep = await handle.activate.remote(None)
-    transcription = await connect(ep, "transcription")
-    await transcription.send_acs(transcript_msg("before the outage"))
-    await eventually(lambda: _turns_at_least(handle, 2))
+    call_id, handle, _, transcription = await _call_after_first_turn(
+        config, call_ids, "before the outage"
+    )
     redis_server.stop()
     try:
         await transcription.send_acs(transcript_msg("during the outage"))
@@ -460,11 +480,7 @@ async def test_redis_outage_mid_call_keeps_every_turn(
     # The restart lost every key: history, affinity and session are written again from memory.
     await eventually(lambda: _persisted_turns(redis_mgr, call_id, 4))
     await eventually(lambda: _restored(redis_mgr, call_id))
-    await handle.shutdown.remote("test")
-    await eventually(lambda: gone(call_id, config.namespace))
-    doc = await archive.get_transcript(call_id)
-    assert doc is not None
-    assert [t["text"] for t in doc["turns"] if t["role"] == "user"] == [
+    assert await _user_texts_after_shutdown(handle, call_id, config, archive) == [
         "before the outage",
         "during the outage",
     ]
@@ -479,13 +495,10 @@ async def test_redis_paused_mid_call_keeps_every_turn(
     archive: SqliteArchive,
 ) -> None:
     """A hung Redis (SIGSTOP) costs each operation its timeout, never a turn or a frame."""
-    call_id = new_call(call_ids)
-    handle = await aget_or_activate(call_id, config, incoming=incoming())
-    ep = await handle.activate.remote(None)
+    call_id, handle, ep, transcription = await _call_after_first_turn(
+        config, call_ids, "before the pause"
+    )
     media = await connect(ep, "media")
-    transcription = await connect(ep, "transcription")
-    await transcription.send_acs(transcript_msg("before the pause"))
-    await eventually(lambda: _turns_at_least(handle, 2))
     assert redis_server.pid is not None
     os.kill(redis_server.pid, signal.SIGSTOP)
     try:
@@ -498,11 +511,7 @@ async def test_redis_paused_mid_call_keeps_every_turn(
     finally:
         os.kill(redis_server.pid, signal.SIGCONT)
     await eventually(lambda: _persisted_turns(redis_mgr, call_id, 4))  # caught up
-    await handle.shutdown.remote("test")
-    await eventually(lambda: gone(call_id, config.namespace))
-    doc = await archive.get_transcript(call_id)
-    assert doc is not None
-    assert [t["text"] for t in doc["turns"] if t["role"] == "user"] == [
+    assert await _user_texts_after_shutdown(handle, call_id, config, archive) == [
         "before the pause",
         "during the pause",
     ]

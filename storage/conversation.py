@@ -185,7 +185,7 @@ class ConversationManager:
             if not self.dirty:
                 return 0
             batch = list(self._pending)
-            known = self._history[: len(self._history) - len(self._pending) + len(batch)]
+            known = len(self._history)  # turns Redis should hold once the batch is in
             version = self._context_version
             context_changed = version != self._persisted_version
             length = await self._redis.checkpoint(
@@ -195,12 +195,12 @@ class ConversationManager:
                 new_turns=[t.to_dict() for t in batch],
             )
             round_trips = 1
-            if length < len(known):  # turns we wrote are gone: write everything we know again
+            if length < known:  # turns we wrote are gone: write everything we know again
                 length = await self._redis.checkpoint(
                     self.session_id,
                     epoch=self.epoch,
                     context=dict(self._context),
-                    new_turns=[t.to_dict() for t in known],
+                    new_turns=[t.to_dict() for t in self._history[:known]],
                     replace_history=True,
                 )
                 round_trips = 2

@@ -25,6 +25,7 @@ TRANSCRIPTION_PATH = "/ws/transcription"
 
 @dataclass(frozen=True, slots=True)
 class AnswerPlan:
+    nonce: str  # bound to the call id once ACS assigns it (gateway/call_binding.py)
     callback_url: str
     media_url: str
     transcription_url: str
@@ -54,6 +55,7 @@ def plan_answer(
     base = public_url.rstrip("/")
     ws = websocket_base(base)
     return AnswerPlan(
+        nonce=nonce,
         callback_url=f"{base}{CALLBACK_PATH}?{query}",
         media_url=f"{ws}{MEDIA_PATH}?{query}",
         transcription_url=f"{ws}{TRANSCRIPTION_PATH}?{query}",

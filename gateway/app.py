@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ import orjson
 import ray
 from azure.communication.callautomation.aio import CallAutomationClient
 from azure.core.exceptions import AzureError
+from cachetools import TTLCache
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -28,6 +30,7 @@ from gateway import status
 from gateway.acs_events import (
     MAX_BODY_BYTES,
     BadPayload,
+    CallbackEvent,
     IncomingCall,
     parse_callbacks,
     parse_event_grid,
@@ -40,7 +43,8 @@ from gateway.answering import (
     answer_call,
     plan_answer,
 )
-from gateway.auth import AcsTokenVerifier, AuthError, UrlSecrets
+from gateway.auth import AuthError, EventGridAuth, JwtVerifier, UrlSecrets
+from gateway.call_binding import BindingUnavailable, CallBindings
 from gateway.dedupe import RecentIds
 from gateway.metrics import GatewayMetrics
 from gateway.stream_bridge import CallEnded, StreamBridge
@@ -51,7 +55,12 @@ from storage.redis_manager import AsyncAzureRedisManager
 log = logging.getLogger(__name__)
 
 CALL_ID_HEADER = "x-ms-call-connection-id"
+CORRELATION_HEADER = "x-ms-call-correlation-id"
+EVENT_GRID_SECRET_PARAM = "code"
 WORKER_HEARTBEAT_S = 10.0
+ANSWERED_CONTEXTS = 10_000  # local memory of answered contexts, for when Redis is down
+# Recording events may carry another call leg's id (ACS_PROTOCOL.md): acknowledged, not routed.
+OTHER_LEG_EVENTS = frozenset({"RecordingStateChanged"})
 
 
 @dataclass
@@ -64,13 +73,18 @@ class Gateway:
     acs: CallAutomationClient
     directory: ActorDirectory
     url_secrets: UrlSecrets
-    verifier: AcsTokenVerifier | None
+    bindings: CallBindings
+    verifier: JwtVerifier | None
+    event_grid_auth: EventGridAuth | None
     metrics: GatewayMetrics
     audio_format: str = "pcm16KMono"
     audio_channel_type: str = "mixed"
     locale: str = "en-US"
     media_wait_s: float = 10.0
     recent_events: RecentIds = field(default_factory=RecentIds)
+    answered: TTLCache[str, bool] = field(
+        default_factory=lambda: TTLCache(maxsize=ANSWERED_CONTEXTS, ttl=600)
+    )
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def spawn(self, coro: Any) -> None:
@@ -80,10 +94,23 @@ class Gateway:
         task.add_done_callback(self.tasks.discard)
 
 
-async def _authenticate(gw: Gateway, authorization: str | None, query: Any) -> None:
-    gw.url_secrets.verify(query.get("n"), query.get("s"))
+async def _authenticate(gw: Gateway, authorization: str | None, query: Any) -> str:
+    """The URL's nonce, once the URL secret and the ACS token check out."""
+    nonce = gw.url_secrets.verify(query.get("n"), query.get("s"))
     if gw.verifier is not None:
         await gw.verifier.verify(authorization)
+    return nonce
+
+
+def _unauthorized(gw: Gateway, input_kind: str, reason: str) -> Response:
+    gw.metrics.refuse(input_kind, reason)
+    return _json({"error": {"code": "Unauthorized", "message": reason}}, status.HTTP_UNAUTHORIZED)
+
+
+def _unavailable(gw: Gateway, input_kind: str) -> Response:
+    """Redis is down and this replica cannot check the call: ask ACS to retry later."""
+    gw.metrics.refuse(input_kind, "auth_state_unavailable")
+    return _json({"error": "auth_state_unavailable"}, status.HTTP_SERVICE_UNAVAILABLE)
 
 
 async def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -113,6 +140,14 @@ def _json(data: Any, code: int = status.HTTP_OK) -> Response:
 
 async def incoming_call(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
+    if gw.event_grid_auth is not None:
+        try:
+            await gw.event_grid_auth.verify(
+                request.query_params.get(EVENT_GRID_SECRET_PARAM),
+                request.headers.get("authorization"),
+            )
+        except AuthError as exc:
+            return _unauthorized(gw, "event_grid", exc.reason)
     try:
         post = parse_event_grid(await _read_body(request))
     except BadPayload as exc:
@@ -124,7 +159,22 @@ async def incoming_call(request: Request) -> Response:
     return Response(status_code=status.HTTP_OK)
 
 
+async def _first_answer(gw: Gateway, call: IncomingCall) -> bool:
+    """True once per incoming call context across replicas (Event Grid redelivers)."""
+    digest = hashlib.sha256(call.incoming_call_context.encode()).hexdigest()
+    if digest in gw.answered:
+        return False
+    gw.answered[digest] = True
+    try:
+        return await gw.redis.claim_answer(digest)
+    except StorageError:
+        return True  # Redis down: this replica's memory is the only guard left
+
+
 async def _answer(gw: Gateway, call: IncomingCall) -> None:
+    if not await _first_answer(gw, call):
+        gw.metrics.refuse("event_grid", "already_answered")
+        return
     plan = plan_answer(
         gw.public_url,
         gw.url_secrets,
@@ -142,6 +192,11 @@ async def _answer(gw: Gateway, call: IncomingCall) -> None:
     gw.metrics.calls_answered.inc()
     incoming = call.to_dict() | {"call_id": call_id, "answered_by": gw.replica_id}
     try:
+        # Before anything else: the call's URLs open nothing until they are bound to it.
+        await gw.bindings.bind(call_id, plan.nonce, call.correlation_id)
+    except StorageError as exc:
+        log.warning("call binding kept on this replica only: %s", type(exc).__name__)
+    try:
         await gw.redis.store_call_session(call_id, incoming)
         await gw.directory.activate(call_id, incoming)
     except (StorageError, ray.exceptions.RayError) as exc:
@@ -151,28 +206,47 @@ async def _answer(gw: Gateway, call: IncomingCall) -> None:
 async def callbacks(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     try:
-        await _authenticate(gw, request.headers.get("authorization"), request.query_params)
+        nonce = await _authenticate(gw, request.headers.get("authorization"), request.query_params)
     except AuthError as exc:
-        gw.metrics.refuse("callback", exc.reason)
-        return _json(
-            {"error": {"code": "Unauthorized", "message": exc.reason}},
-            status.HTTP_UNAUTHORIZED,
-        )
+        return _unauthorized(gw, "callback", exc.reason)
     try:
         events = parse_callbacks(await _read_body(request))
     except BadPayload as exc:
         return _bad_payload(gw, "callback", exc)
+    try:
+        call_id = _named_call(events)
+        if call_id is not None:
+            CallBindings.check(await gw.bindings.lookup(call_id), nonce)
+    except AuthError as exc:
+        return _unauthorized(gw, "callback", exc.reason)
+    except BindingUnavailable:
+        return _unavailable(gw, "callback")
     for event in events:
-        try:
-            validate_identifier(event.call_connection_id, "call connection id")
-        except ValueError:
-            gw.metrics.refuse("callback", "bad_call_id")
+        if event.call_connection_id != call_id:
+            gw.metrics.refuse("callback", "other_leg")
             continue
         if not gw.recent_events.first_time(event.id):
             gw.metrics.duplicate_events.inc()
             continue
         gw.spawn(_deliver(gw, event.call_connection_id, event.to_dict()))
     return Response(status_code=status.HTTP_OK)
+
+
+def _named_call(events: list[CallbackEvent]) -> str | None:
+    """The one call a callback request is about (None: only other legs' events).
+
+    A URL opens one call, so a body naming two calls is refused whole."""
+    named = {e.call_connection_id for e in events if e.name not in OTHER_LEG_EVENTS}
+    if len(named) > 1:
+        raise AuthError("call_mismatch")
+    if not named:
+        return None
+    call_id = named.pop()
+    try:
+        validate_identifier(call_id, "call connection id")
+    except ValueError:
+        raise AuthError("bad_call_id") from None
+    return call_id
 
 
 async def _deliver(gw: Gateway, call_id: str, event: dict[str, Any]) -> None:
@@ -189,16 +263,19 @@ async def _stream(websocket: WebSocket, stream: str) -> None:
     gw: Gateway = websocket.app.state.gateway
     await websocket.accept()  # accept first: ACS expects close code 1008 for a bad token
     opened_at = time.time()
+    headers = websocket.headers
     try:
-        await _authenticate(gw, websocket.headers.get("authorization"), websocket.query_params)
-        call_id = validate_identifier(websocket.headers.get(CALL_ID_HEADER, ""), "call id")
+        nonce = await _authenticate(gw, headers.get("authorization"), websocket.query_params)
+        call_id = validate_identifier(headers.get(CALL_ID_HEADER, ""), "call id")
+        binding = await gw.bindings.wait_for(call_id, gw.media_wait_s)
+        CallBindings.check(binding, nonce, headers.get(CORRELATION_HEADER))
     except (AuthError, ValueError) as exc:
         gw.metrics.refuse(stream, getattr(exc, "reason", "bad_call_id"))
         await websocket.close(status.WS_POLICY_VIOLATION)
         return
-    if not await _wait_until_known(gw, call_id):
-        gw.metrics.refuse(stream, "unknown_call")
-        await websocket.close(status.WS_POLICY_VIOLATION)
+    except BindingUnavailable:
+        gw.metrics.refuse(stream, "auth_state_unavailable")
+        await websocket.close(status.WS_TRY_AGAIN_LATER)
         return
     bridge = StreamBridge(websocket, call_id, stream, gw.directory.resolve, gw.metrics)
     gw.metrics.open_sockets.labels(stream=stream).inc()
@@ -217,21 +294,6 @@ async def _stream(websocket: WebSocket, stream: str) -> None:
         await _release_socket(gw, call_id, stream)
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # ACS may have gone already
         await websocket.close(code)
-
-
-async def _wait_until_known(gw: Gateway, call_id: str) -> bool:
-    """ACS may connect before this replica has seen the answer complete: wait a little."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + gw.media_wait_s
-    while True:
-        try:
-            if await gw.directory.is_known(call_id):
-                return True
-        except StorageError:
-            return True  # Redis down: let Ray decide whether the actor exists
-        if loop.time() >= deadline:
-            return False
-        await asyncio.sleep(0.1)
 
 
 async def _claim_socket(gw: Gateway, call_id: str, stream: str, opened_at: float) -> None:

@@ -1,4 +1,5 @@
-"""Authentication of what ACS sends: RS256 JWTs (callbacks, media WebSockets) and URL secrets.
+"""Authentication of what reaches the gateway: RS256 JWTs (ACS callbacks and WebSockets, Event
+Grid's Entra ID delivery), URL secrets (per call, and the Event Grid subscription's).
 
 Never logs a token or a secret; failures carry only a short reason code.
 """
@@ -30,7 +31,11 @@ class JwtPolicy:
     leeway_s: float = 30.0
 
 
-class AcsTokenVerifier:
+MAX_TOKEN_CHARS = 16 * 1024  # far above any ACS or Entra ID token; refused before parsing
+MAX_URL_SECRET_CHARS = 128
+
+
+class JwtVerifier:
     """Verifies ``Authorization: Bearer`` tokens against the issuer's JWKS (cached by PyJWT)."""
 
     def __init__(self, policy: JwtPolicy) -> None:
@@ -41,6 +46,8 @@ class AcsTokenVerifier:
     async def verify(self, authorization: str | None) -> dict[str, object]:
         if not authorization:
             raise AuthError("missing_token")
+        if len(authorization) > MAX_TOKEN_CHARS:
+            raise AuthError("invalid_token")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise AuthError("bad_scheme")
@@ -84,8 +91,44 @@ class UrlSecrets:
     def sign(self, nonce: str) -> str:
         return hmac.new(self._key, nonce.encode(), hashlib.sha256).hexdigest()[:32]
 
-    def verify(self, nonce: str | None, signature: str | None) -> None:
+    def verify(self, nonce: str | None, signature: str | None) -> str:
+        """The URL's nonce once its signature checks out (it names no call: see call_binding)."""
         if not nonce or not signature:
             raise AuthError("missing_secret")
-        if not hmac.compare_digest(self.sign(nonce), signature):
+        if len(nonce) > MAX_URL_SECRET_CHARS or len(signature) > MAX_URL_SECRET_CHARS:
             raise AuthError("bad_secret")
+        if not hmac.compare_digest(self.sign(nonce).encode(), signature.encode()):
+            raise AuthError("bad_secret")
+        return nonce
+
+
+class SharedSecret:
+    """A secret in a URL's query string (Event Grid's documented webhook protection)."""
+
+    def __init__(self, secret: str) -> None:
+        if len(secret) < 16:
+            raise ValueError("a shared secret must be at least 16 characters")
+        self._secret = secret.encode()
+
+    def verify(self, presented: str | None) -> None:
+        if not presented:
+            raise AuthError("missing_secret")
+        if not hmac.compare_digest(presented.encode(), self._secret):
+            raise AuthError("bad_secret")
+
+
+class EventGridAuth:
+    """The Event Grid webhook's lock: a shared secret in the subscription URL (query ``code``),
+    an Entra ID bearer token (Microsoft Entra-protected delivery), or both (both must pass)."""
+
+    def __init__(self, secret: SharedSecret | None, verifier: JwtVerifier | None) -> None:
+        if secret is None and verifier is None:
+            raise ValueError("Event Grid authentication needs a secret or an Entra ID verifier")
+        self._secret = secret
+        self._verifier = verifier
+
+    async def verify(self, code: str | None, authorization: str | None) -> None:
+        if self._secret is not None:
+            self._secret.verify(code)
+        if self._verifier is not None:
+            await self._verifier.verify(authorization)

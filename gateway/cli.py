@@ -133,14 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+# Libraries that log request URLs at INFO: callback and webhook URLs carry secrets.
+URL_LOGGERS = ("httpx", "azure.core.pipeline.policies.http_logging_policy")
+
+
+def configure_logging(level: int = logging.WARNING) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for name in URL_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
     # azure-communication-callautomation 1.6 warns about a field of its own model on every answer.
     logging.getLogger(
         "azure.communication.callautomation._generated._utils.serialization"
     ).setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    configure_logging()
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()

@@ -21,7 +21,7 @@ from actors.cluster import init_local_ray
 from actors.config import CallActorConfig
 from gateway.app import Gateway, create_app
 from gateway.service import build_gateway, uvicorn_server
-from simulator.service import AcsStandIn
+from simulator.service import DEFAULT_EVENT_GRID_PATH, AcsStandIn
 from storage.local_redis import LocalRedisServer, free_port
 from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import Settings
@@ -73,7 +73,10 @@ class LocalStack:
             )
             self.dashboard_url = info.get("dashboard_url")
             self._owns_ray = True
-        self.acs = await AcsStandIn().start()
+        event_grid_secret = secrets.token_urlsafe(24)
+        self.acs = await AcsStandIn(
+            event_grid_path=f"{DEFAULT_EVENT_GRID_PATH}?code={event_grid_secret}"
+        ).start()
         ports = [free_port() for _ in range(self.replicas)]
         if self.port:
             ports[0] = self.port
@@ -88,6 +91,7 @@ class LocalStack:
                 "acs_jwks_url": self.acs.jwks_url,
                 "acs_audience": self.acs.audience,
                 "gateway_secret": SecretStr(secrets.token_urlsafe(32)),
+                "eventgrid_secret": SecretStr(event_grid_secret),
                 "archive_path": archive,
             }
         )

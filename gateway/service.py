@@ -18,7 +18,8 @@ from starlette.applications import Starlette
 from actors.config import CallActorConfig
 from gateway.actor_directory import ActorDirectory
 from gateway.app import Gateway
-from gateway.auth import AcsTokenVerifier, JwtPolicy, UrlSecrets
+from gateway.auth import EventGridAuth, JwtPolicy, JwtVerifier, SharedSecret, UrlSecrets
+from gateway.call_binding import CallBindings
 from gateway.embedded_server import EmbeddedServer
 from gateway.metrics import GatewayMetrics
 from storage.keys import validate_identifier
@@ -28,6 +29,7 @@ from storage.settings import ConfigError, Settings
 log = logging.getLogger(__name__)
 
 WS_MAX_MESSAGE_BYTES = 1 << 20
+ENTRA_LOGIN = "https://login.microsoftonline.com"
 
 
 def parse_connection_string(value: str) -> tuple[str, str]:
@@ -75,13 +77,49 @@ def url_secrets(settings: Settings) -> UrlSecrets:
     return UrlSecrets(secrets.token_bytes(32))
 
 
-def token_verifier(settings: Settings) -> AcsTokenVerifier | None:
+def token_verifier(settings: Settings) -> JwtVerifier | None:
     if not settings.acs_audience:
-        log.warning("RTVOICE_ACS_AUDIENCE not set: ACS JWTs are not checked (URL secret only)")
+        if not settings.insecure_dev:
+            raise ConfigError(
+                "RTVOICE_ACS_AUDIENCE is required (the ACS resource's immutable id): without it "
+                "ACS tokens cannot be checked; set RTVOICE_INSECURE_DEV=true for local use only"
+            )
+        log.warning("RTVOICE_INSECURE_DEV: ACS JWTs are not checked (URL secrets only)")
         return None
-    return AcsTokenVerifier(
+    return JwtVerifier(
         JwtPolicy(settings.acs_jwt_issuer, settings.acs_jwks_url, settings.acs_audience)
     )
+
+
+def event_grid_auth(settings: Settings) -> EventGridAuth | None:
+    secret = None
+    if settings.eventgrid_secret is not None:
+        try:
+            secret = SharedSecret(settings.eventgrid_secret.get_secret_value())
+        except ValueError as exc:
+            raise ConfigError(f"RTVOICE_EVENTGRID_SECRET: {exc}") from None
+    verifier = None
+    if settings.eventgrid_entra_audience:
+        tenant = settings.eventgrid_entra_tenant_id
+        issuer = settings.eventgrid_entra_issuer or (tenant and f"{ENTRA_LOGIN}/{tenant}/v2.0")
+        jwks = settings.eventgrid_entra_jwks_url or (
+            tenant and f"{ENTRA_LOGIN}/{tenant}/discovery/v2.0/keys"
+        )
+        if not issuer or not jwks:
+            raise ConfigError(
+                "RTVOICE_EVENTGRID_ENTRA_AUDIENCE needs RTVOICE_EVENTGRID_ENTRA_TENANT_ID "
+                "(or RTVOICE_EVENTGRID_ENTRA_ISSUER and RTVOICE_EVENTGRID_ENTRA_JWKS_URL)"
+            )
+        verifier = JwtVerifier(JwtPolicy(issuer, jwks, settings.eventgrid_entra_audience))
+    if secret is None and verifier is None:
+        if not settings.insecure_dev:
+            raise ConfigError(
+                "the Event Grid webhook needs RTVOICE_EVENTGRID_SECRET or "
+                "RTVOICE_EVENTGRID_ENTRA_AUDIENCE; set RTVOICE_INSECURE_DEV=true for local use only"
+            )
+        log.warning("RTVOICE_INSECURE_DEV: the Event Grid webhook is not authenticated")
+        return None
+    return EventGridAuth(secret, verifier)
 
 
 def build_gateway(
@@ -101,7 +139,9 @@ def build_gateway(
         acs=acs_client(settings),
         directory=ActorDirectory(redis_mgr, actor_config),
         url_secrets=secrets_ or url_secrets(settings),
+        bindings=CallBindings(redis_mgr),
         verifier=token_verifier(settings),
+        event_grid_auth=event_grid_auth(settings),
         metrics=GatewayMetrics(rid),
         audio_format=settings.audio_format,
         audio_channel_type=settings.audio_channel_type,

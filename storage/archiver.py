@@ -153,12 +153,13 @@ class Archiver:
             await self._writer(kind)(doc)
             return Destination.ARCHIVE
         except ArchiveUnavailableError as exc:
-            log.warning("archive unavailable, queueing %s: %s", kind, exc)
+            log.warning("archive unavailable, queueing %s: %s", kind, type(exc).__name__)
         try:
             await self.redis.outbox_add(kind, doc)
             return Destination.OUTBOX
         except (RedisUnavailableError, PayloadTooLargeError) as exc:
-            log.warning("outbox unavailable, spooling %s to %s: %s", kind, self.spool_path, exc)
+            reason = type(exc).__name__
+            log.warning("outbox unavailable, spooling %s to %s: %s", kind, self.spool_path, reason)
         await self._spool([_Queued(kind, doc)])
         return Destination.SPOOL
 
@@ -169,7 +170,10 @@ class Archiver:
 
     async def _reject(self, entry: _Queued, exc: Exception) -> None:
         log.error(
-            "archive refused a %s document, kept in %s: %s", entry.kind, self.rejected_path, exc
+            "archive refused a %s document, kept in %s: %s",
+            entry.kind,
+            self.rejected_path,
+            type(exc).__name__,
         )
         await asyncio.to_thread(_append_lines, self.rejected_path, [entry.line()])
 

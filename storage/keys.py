@@ -34,6 +34,7 @@ class Component(StrEnum):
     TTS = "tts"
     PROFILE = "profile"
     OUTBOX = "outbox"
+    ANSWER = "answer"
 
 
 # Seconds. Applied on every write that creates or refreshes a key (ARCHITECTURE.md).
@@ -46,6 +47,8 @@ TTL_POLICIES: Final[dict[str, int]] = {
 }
 # Affinity records are leases renewed by heartbeat; short so a dead owner is noticed quickly.
 AFFINITY_LEASE_SECONDS: Final[int] = 30
+# An incoming call context is answered once; Event Grid retries for minutes at most.
+ANSWER_CLAIM_SECONDS: Final[int] = 10 * 60
 # User profiles are a read-through cache of the archive; invalidated on write.
 PROFILE_CACHE_SECONDS: Final[int] = 60 * 60
 

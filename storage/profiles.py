@@ -28,7 +28,7 @@ class ProfileRepository:
         try:
             cached = await self.redis.get_cached_profile(user_id)
         except RedisUnavailableError as exc:
-            log.warning("profile cache unavailable, reading the archive: %s", exc)
+            log.warning("profile cache unavailable, reading the archive: %s", type(exc).__name__)
             return await self.archive.get_profile(user_id)
         if cached is not None:
             return cached
@@ -37,7 +37,8 @@ class ProfileRepository:
             try:
                 await self.redis.set_cached_profile(user_id, profile)
             except RedisUnavailableError as exc:
-                log.warning("could not cache profile %s: %s", user_id, exc)
+                # The user id is a phone number: never logged.
+                log.warning("could not cache a profile: %s", type(exc).__name__)
         return profile
 
     async def put(self, profile: dict[str, Any]) -> None:

@@ -34,9 +34,11 @@ from storage.errors import (
 )
 from storage.keys import (
     AFFINITY_LEASE_SECONDS,
+    ANSWER_CLAIM_SECONDS,
     PROFILE_CACHE_SECONDS,
     TTL_POLICIES,
     Component,
+    DataType,
     RedisKeyManager,
     validate_identifier,
 )
@@ -113,7 +115,9 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 return 1
 """
 
-# KEYS: affinity. ARGV: action ("renew"/"release"), epoch, lease. Owner-only.
+# KEYS: affinity, auth. ARGV: action ("renew"/"release"), epoch, lease, auth TTL. Owner-only.
+# A renewal also slides the call's URL binding (auth), so it lives as long as the call does;
+# a release leaves it to expire, so late callbacks of the ended call still authenticate.
 OWNER_AFFINITY_LUA = """
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
@@ -123,6 +127,7 @@ if ARGV[1] == 'release' then
   redis.call('DEL', KEYS[1])
 else
   redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
 end
 return 1
 """
@@ -746,16 +751,23 @@ class AsyncAzureRedisManager:
     async def renew_affinity(
         self, call_id: str, epoch: int, *, lease_s: int = AFFINITY_LEASE_SECONDS
     ) -> bool:
-        key = self.keys.call_key(call_id, Component.AFFINITY)
+        keys = self._owner_keys(call_id)
+        args: list[str | int] = ["renew", epoch, lease_s, TTL_POLICIES["authentication_state"]]
         async with self._op("renew_affinity"):
-            done = await self._owner_affinity(keys=[key], args=["renew", epoch, lease_s])
+            done = await self._owner_affinity(keys=keys, args=args)
         return bool(done)
 
     async def release_affinity(self, call_id: str, epoch: int) -> bool:
-        key = self.keys.call_key(call_id, Component.AFFINITY)
+        keys = self._owner_keys(call_id)
         async with self._op("release_affinity"):
-            done = await self._owner_affinity(keys=[key], args=["release", epoch, 0])
+            done = await self._owner_affinity(keys=keys, args=["release", epoch, 0, 0])
         return bool(done)
+
+    def _owner_keys(self, call_id: str) -> list[str]:
+        return [
+            self.keys.call_key(call_id, Component.AFFINITY),
+            self.keys.call_key(call_id, Component.AUTH),
+        ]
 
     async def get_affinity(self, call_id: str) -> AffinityRecord | None:
         raw = await self._get_json("get_affinity", self.keys.call_key(call_id, Component.AFFINITY))
@@ -834,6 +846,14 @@ class AsyncAzureRedisManager:
 
     async def get_auth_state(self, call_id: str) -> dict[str, Any] | None:
         return await self._get_json("get_auth_state", self.keys.call_key(call_id, Component.AUTH))
+
+    async def claim_answer(self, context_digest: str) -> bool:
+        """True for the first claim of an incoming call context (its digest), across replicas:
+        Event Grid redelivers, and a context must be answered at most once."""
+        key = self.keys.key(DataType.CALL, f"ctx-{context_digest}", Component.ANSWER)
+        async with self._op("claim_answer"):
+            won = await self._client.set(key, b"1", nx=True, ex=ANSWER_CLAIM_SECONDS)
+        return bool(won)
 
     async def set_call_summary(self, call_id: str, summary: dict[str, Any]) -> None:
         key = self.keys.call_key(call_id, Component.SUMMARY)

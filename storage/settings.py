@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     acs_audience: str | None = None
     # Shared by all gateway replicas: signs the per-call secrets in callback and WebSocket URLs.
     gateway_secret: SecretStr | None = None
+    # Event Grid webhook: a secret in the subscription URL (?code=), and/or Entra ID delivery.
+    eventgrid_secret: SecretStr | None = None
+    eventgrid_entra_audience: str | None = None
+    eventgrid_entra_tenant_id: str | None = None
+    eventgrid_entra_issuer: str | None = None  # default: the tenant's v2.0 issuer
+    eventgrid_entra_jwks_url: str | None = None  # default: the tenant's v2.0 keys
+    # Local development only: allows an unauthenticated webhook and unchecked ACS tokens.
+    insecure_dev: bool = False
     media_wait_s: float = Field(default=10.0, gt=0, le=120)
     audio_format: Literal["pcm16KMono", "pcm24KMono"] = "pcm16KMono"
     audio_channel_type: Literal["mixed", "unmixed"] = "mixed"

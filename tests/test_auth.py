@@ -12,7 +12,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.auth import AcsTokenVerifier, AuthError, JwtPolicy, UrlSecrets
+from gateway.auth import AuthError, JwtPolicy, JwtVerifier, UrlSecrets
 
 ISSUER = "https://acscallautomation.communication.azure.com"
 AUDIENCE = "resource-immutable-id"
@@ -52,7 +52,7 @@ def _token(key: rsa.RSAPrivateKey, **claims: object) -> str:
 
 
 async def test_valid_token_is_accepted(signing_key: rsa.RSAPrivateKey, jwks_url: str) -> None:
-    verifier = AcsTokenVerifier(JwtPolicy(ISSUER, jwks_url, AUDIENCE))
+    verifier = JwtVerifier(JwtPolicy(ISSUER, jwks_url, AUDIENCE))
     claims = await verifier.verify("Bearer " + _token(signing_key))
     assert claims["aud"] == AUDIENCE
 
@@ -77,7 +77,7 @@ async def test_valid_token_is_accepted(signing_key: rsa.RSAPrivateKey, jwks_url:
 async def test_bad_tokens_are_refused(
     signing_key: rsa.RSAPrivateKey, jwks_url: str, make: object, reason: str
 ) -> None:
-    verifier = AcsTokenVerifier(JwtPolicy(ISSUER, jwks_url, AUDIENCE))
+    verifier = JwtVerifier(JwtPolicy(ISSUER, jwks_url, AUDIENCE))
     with pytest.raises(AuthError) as info:
         await verifier.verify(make(signing_key))  # type: ignore[operator]
     assert info.value.reason == reason

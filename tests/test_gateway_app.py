@@ -23,6 +23,8 @@ from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import Settings
 
 EVENT_GRID_VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
+EVENT_GRID_SECRET = "event-grid-secret-0123456789"
+WEBHOOK = f"/api/incoming-call?code={EVENT_GRID_SECRET}"
 
 
 def _gateway(redis_url: str, keys: RedisKeyManager) -> Gateway:
@@ -32,6 +34,8 @@ def _gateway(redis_url: str, keys: RedisKeyManager) -> Gateway:
         acs_endpoint="http://127.0.0.1:1",
         acs_access_key=SecretStr("a2V5"),
         gateway_secret=SecretStr("test-secret-test-secret-test-secret"),
+        eventgrid_secret=SecretStr(EVENT_GRID_SECRET),
+        insecure_dev=True,  # no ACS JWKS to check tokens against here
         replica_id="gw-test",
     )
     redis_mgr = AsyncAzureRedisManager.from_url(redis_url, keys, op_timeout=0.5)
@@ -64,7 +68,7 @@ async def test_event_grid_validation_handshake(gateway: Gateway) -> None:
         }
     ]
     async with _client(gateway) as client:
-        reply = await client.post("/api/incoming-call", content=orjson.dumps(body))
+        reply = await client.post(WEBHOOK, content=orjson.dumps(body))
     assert reply.status_code == 200
     assert reply.json() == {"validationResponse": "abc-123"}
 
@@ -82,7 +86,7 @@ async def test_bad_event_grid_input_is_refused_and_counted(
     gateway: Gateway, body: bytes, code: int
 ) -> None:
     async with _client(gateway) as client:
-        reply = await client.post("/api/incoming-call", content=body)
+        reply = await client.post(WEBHOOK, content=body)
     assert reply.status_code == code
     reason = reply.json()["error"]
     assert gateway.metrics.refused_count("event_grid", reason) == 1

@@ -7,13 +7,16 @@ One stack serves the whole module (its event loop is module-scoped); calls are s
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -25,7 +28,8 @@ import ray
 
 from actors.activation import get_call_actor
 from gateway import status
-from gateway.answering import CALLBACK_PATH, MEDIA_PATH, websocket_base
+from gateway.answering import CALLBACK_PATH, MEDIA_PATH, TRANSCRIPTION_PATH, websocket_base
+from gateway.cli import configure_logging
 from gateway.local_stack import LocalStack, Replica
 from simulator import (
     CallbackKnobs,
@@ -47,7 +51,7 @@ from simulator.audio import (
     speech_like,
     voice_frequency,
 )
-from simulator.jwt_issuer import MEDIA_TOKEN_LIFETIME_S
+from simulator.jwt_issuer import CALLBACK_TOKEN_LIFETIME_S, MEDIA_TOKEN_LIFETIME_S
 from simulator.service import AcsStandIn
 from storage.archive import open_archive
 from storage.local_redis import LocalRedisServer, free_port
@@ -563,3 +567,190 @@ async def test_redis_stopped_mid_call_the_call_goes_on(
     assert snap is not None and [t["text"] for t in snap.turns] == [
         turn["text"] for turn in doc["turns"]
     ]
+
+
+# -- security: what one call's credentials open -------------------------------------------------
+
+
+def url_query(harness: Harness, call_id: str) -> str:
+    """The query (nonce and its signature) of the URLs the gateway handed ACS for ``call_id``."""
+    callback_uri = str(harness.acs.calls[call_id].properties()["callbackUri"])
+    return callback_uri.partition("?")[2]
+
+
+async def open_socket_as(
+    harness: Harness, path: str, query: str, ids: wire.CallIds
+) -> int | None:
+    """Open a WebSocket the way ACS does (good token) and return the code it was closed with."""
+    url = f"{websocket_base(harness.stack.gateway_url)}{path}?{query}"
+    ws = await connect_as_acs(url, ids, harness.acs.tokens.mint(MEDIA_TOKEN_LIFETIME_S))
+    await asyncio.wait_for(ws.wait_closed(), LIVE_TIMEOUT_S)
+    return ws.close_code
+
+
+async def post_callbacks(harness: Harness, query: str, body: list[Any]) -> int:
+    token = harness.acs.tokens.mint(CALLBACK_TOKEN_LIFETIME_S)
+    async with httpx.AsyncClient(trust_env=False) as http:
+        response = await http.post(
+            f"{harness.stack.gateway_url}{CALLBACK_PATH}?{query}",
+            content=orjson.dumps(body),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+    return response.status_code
+
+
+async def test_one_calls_url_opens_no_other_call(harness: Harness) -> None:
+    """Finding 1: with call A's URL secret, nothing of call C opens (media, transcription,
+    callbacks), and a body naming two calls is refused whole."""
+    metrics = harness.replica.gateway.metrics
+    lines = ["first line of this call", "second line of this call"]
+    scripts = [
+        pausing_caller(f"+1425555030{i}", 4 + i, lines, pause_s=4.0, tail_s=1.0) for i in range(2)
+    ]
+    running = asyncio.create_task(harness.run(scripts))
+    a, c = [await harness.live_call(script) for script in scripts]
+    await eventually(partial(harness.user_turns_at_least, c, 1))
+    a_query, c_ids = url_query(harness, a), harness.acs.calls[c].ids
+    before = metrics.refused_count("media", "call_mismatch")
+
+    assert await open_socket_as(harness, MEDIA_PATH, a_query, c_ids) == status.WS_POLICY_VIOLATION
+    assert metrics.refused_count("media", "call_mismatch") - before == 1
+    code = await open_socket_as(harness, TRANSCRIPTION_PATH, a_query, c_ids)
+    assert code == status.WS_POLICY_VIOLATION
+    # A's own call id with C's correlation id: the header names another call.
+    a_with_c = wire.CallIds(a, "server-call", c_ids.correlation_id)
+    assert await open_socket_as(harness, MEDIA_PATH, a_query, a_with_c) == 1008
+    assert metrics.refused_count("media", "correlation_mismatch") >= 1
+
+    refused = metrics.refused_count("callback", "call_mismatch")
+    now = datetime.now(UTC)
+    hang_up_c = wire.cloud_event("CallDisconnected", c_ids, {}, now, str(uuid.uuid4()))
+    assert await post_callbacks(harness, a_query, [hang_up_c]) == status.HTTP_UNAUTHORIZED
+    a_ids = harness.acs.calls[a].ids
+    both = [wire.cloud_event("PlayCompleted", a_ids, {}, now, str(uuid.uuid4())), hang_up_c]
+    assert await post_callbacks(harness, a_query, both) == status.HTTP_UNAUTHORIZED
+    assert metrics.refused_count("callback", "call_mismatch") - refused == 2
+    assert (await harness.info(c))["state"] == "connected"  # C was not ended by A's URL
+
+    reports = await running
+    assert all(r.answered and r.ok for r in reports), [r.unexpected for r in reports]
+    report_c = next(r for r in reports if r.call_connection_id == c)
+    assert report_c.heard_s > 0  # C's caller heard its replies: nobody took C's audio
+    doc = await harness.transcript(c)
+    assert user_texts(doc) == lines and doc["end_reason"] == "disconnected"
+
+
+async def test_unauthenticated_event_grid_posts_are_refused_and_answer_nothing(
+    harness: Harness,
+) -> None:
+    """Finding 2: an anonymous IncomingCall batch gets 401 and no answer request reaches ACS."""
+    gateway = harness.replica.gateway
+    answered = sample(harness.replica, ANSWERED)
+    failed = gateway.metrics.refused_count("answer", "HttpResponseError")
+    fields = wire.IncomingCallFields(
+        caller=wire.phone_identifier("+14255550400"),
+        callee=wire.phone_identifier("+14255550401"),
+        caller_display_name="",
+        server_call_id="server-call",
+        correlation_id=str(uuid.uuid4()),
+        incoming_call_context="forged-context",
+    )
+    events = wire.incoming_call_events(fields, harness.acs.topic, datetime.now(UTC)) * 100
+    webhook = f"{harness.stack.gateway_url}/api/incoming-call"
+    async with httpx.AsyncClient(trust_env=False) as http:
+        for query, reason in (("", "missing_secret"), ("?code=guessed", "bad_secret")):
+            before = gateway.metrics.refused_count("event_grid", reason)
+            response = await http.post(webhook + query, content=orjson.dumps(events))
+            assert response.status_code == status.HTTP_UNAUTHORIZED
+            assert gateway.metrics.refused_count("event_grid", reason) - before == 1
+    await asyncio.sleep(0.5)
+    assert sample(harness.replica, ANSWERED) == answered
+    assert gateway.metrics.refused_count("answer", "HttpResponseError") == failed
+
+
+async def test_an_incoming_call_context_is_answered_once(harness: Harness) -> None:
+    """Event Grid redelivers: the same context posted three times is answered at most once."""
+    gateway = harness.replica.gateway
+    before = gateway.metrics.refused_count("event_grid", "already_answered")
+    fields = wire.IncomingCallFields(
+        caller=wire.phone_identifier("+14255550410"),
+        callee=wire.phone_identifier("+14255550411"),
+        caller_display_name="",
+        server_call_id="server-call",
+        correlation_id=str(uuid.uuid4()),
+        incoming_call_context=f"context-{uuid.uuid4()}",  # unknown to ACS: its answer fails
+    )
+    events = wire.incoming_call_events(fields, harness.acs.topic, datetime.now(UTC))
+    webhook = harness.stack.gateway_url + harness.acs.event_grid_path
+    async with httpx.AsyncClient(trust_env=False) as http:
+        for _ in range(3):
+            response = await http.post(webhook, content=orjson.dumps(events))
+            assert response.status_code == status.HTTP_OK
+
+    async def two_refused() -> bool:
+        refused = gateway.metrics.refused_count("event_grid", "already_answered") - before
+        return refused == 2
+
+    await eventually(two_refused)
+
+
+async def test_callbacks_for_unknown_calls_are_refused_without_actor_lookups(
+    harness: Harness,
+) -> None:
+    """Finding 6: a burst of events for calls nobody answered is refused on the secret and the
+    binding alone; no actor is looked up or created for them."""
+    gateway = harness.replica.gateway
+    before = gateway.metrics.refused_count("callback", "unknown_call")
+    handles = dict(gateway.directory._handles)
+    unknown = [wire.CallIds(str(uuid.uuid4()), "server-call", "corr") for _ in range(200)]
+    now = datetime.now(UTC)
+    statuses = []
+    for ids in unknown:
+        nonce = gateway.url_secrets.new_nonce()
+        query = urlencode({"n": nonce, "s": gateway.url_secrets.sign(nonce)})
+        body = [wire.cloud_event("CallConnected", ids, {}, now, str(uuid.uuid4()))]
+        statuses.append(await post_callbacks(harness, query, body))
+    assert set(statuses) == {status.HTTP_UNAUTHORIZED}
+    assert gateway.metrics.refused_count("callback", "unknown_call") - before == len(unknown)
+    assert gateway.directory._handles == handles
+    assert await harness.gone(unknown[0].call_connection_id)
+
+
+async def test_no_secret_phone_number_or_transcript_text_in_logs(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Logs at INFO and above, of the gateway (this process) and of the call actors (Ray worker
+    log files), carry no secret, no phone number and no transcript text."""
+    configure_logging(logging.INFO)  # what `rtvoice` logs, one level more verbose than its default
+    caplog.set_level(logging.INFO)
+    # Ray has no public accessor for the session's log directory.
+    logs_dir = Path(ray._private.worker._global_node.get_logs_dir_path())
+    started = time.time()
+    number, line = "+14255550577", "my account number is four four seven"
+    script = caller(number, 14, [line])
+    running = asyncio.create_task(harness.run([script]))
+    call_id = await harness.live_call(script)
+    query = url_query(harness, call_id)
+    [report] = await running
+    assert report.answered and report.ok, report.unexpected
+    await harness.transcript(call_id)
+    settings = harness.settings()
+    forbidden = {
+        "phone number": number.removeprefix("+"),
+        "transcript text": "four four seven",
+        "url secret": query.partition("&")[0].removeprefix("n="),
+        "url signature": query.partition("&s=")[2],
+        "gateway secret": settings.gateway_secret.get_secret_value(),
+        "webhook secret": settings.eventgrid_secret.get_secret_value(),
+        "ACS key": settings.acs_access_key.get_secret_value()[:20],
+    }
+    worker_logs = [
+        path.read_text(errors="replace")
+        for path in logs_dir.glob("worker-*")
+        if path.stat().st_mtime >= started - 1
+    ]
+    records = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    text = "\n".join([*records, *worker_logs])
+    assert worker_logs and text.strip()
+    for what, value in forbidden.items():
+        assert value and value not in text, f"{what} found in the logs"

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlencode
 
 from simulator.audio import AudioFormat, write_wav
 from simulator.jwt_issuer import ACS_ISSUER
@@ -46,6 +47,11 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--audience", default=None, help="JWT audience (ACS resource id)")
     parser.add_argument("--issuer", default=ACS_ISSUER, help="JWT issuer")
     parser.add_argument("--event-grid-path", default=DEFAULT_EVENT_GRID_PATH)
+    parser.add_argument(
+        "--event-grid-secret",
+        default=None,
+        help="the webhook's shared secret (the gateway's RTVOICE_EVENTGRID_SECRET), sent as ?code=",
+    )
     parser.add_argument("--answer-timeout", type=float, default=10.0)
     parser.add_argument(
         "--json", dest="json_out", default=None, help="write the report (- = stdout)"
@@ -54,6 +60,13 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run_simulate)
     return parser
+
+
+def webhook_path(path: str, secret: str | None) -> str:
+    """The webhook path with Event Grid's shared secret in its query, as a subscription has it."""
+    if not secret:
+        return path
+    return f"{path}{'&' if '?' in path else '?'}{urlencode({'code': secret})}"
 
 
 def build_scenario(args: argparse.Namespace) -> Scenario:
@@ -155,7 +168,7 @@ async def simulate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         audience=args.audience,
         issuer=args.issuer,
         port=args.port,
-        event_grid_path=args.event_grid_path,
+        event_grid_path=webhook_path(args.event_grid_path, args.event_grid_secret),
         answer_timeout_s=args.answer_timeout,
     )
     async with acs:

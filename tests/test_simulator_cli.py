@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simulator.audio import AudioFormat, load_wav, speech_like
-from simulator.cli import add_simulate_parser, render_progress, save_heard_audio, simulate
+from simulator.cli import (
+    add_simulate_parser,
+    render_progress,
+    save_heard_audio,
+    simulate,
+    webhook_path,
+)
 from simulator.jwt_issuer import ACS_ISSUER
 from simulator.report import CallReport
 from simulator.scenario import ScenarioReport
@@ -112,3 +118,9 @@ async def test_simulate_exits_nonzero_when_nobody_answers() -> None:
     out = io.StringIO()
     assert await simulate(args, out, io.StringIO()) == 1
     assert "not answered" in out.getvalue()
+
+
+def test_event_grid_secret_goes_in_the_webhook_query() -> None:
+    assert webhook_path("/api/incoming-call", None) == "/api/incoming-call"
+    assert webhook_path("/hook", "s e/cret") == "/hook?code=s+e%2Fcret"
+    assert webhook_path("/hook?x=1", "abc") == "/hook?x=1&code=abc"

@@ -12,7 +12,15 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.auth import AuthError, JwtPolicy, JwtVerifier, UrlSecrets
+from gateway.auth import (
+    MAX_TOKEN_CHARS,
+    AuthError,
+    EventGridAuth,
+    JwtPolicy,
+    JwtVerifier,
+    SharedSecret,
+    UrlSecrets,
+)
 
 ISSUER = "https://acscallautomation.communication.azure.com"
 AUDIENCE = "resource-immutable-id"
@@ -62,6 +70,7 @@ async def test_valid_token_is_accepted(signing_key: rsa.RSAPrivateKey, jwks_url:
     [
         (lambda k: None, "missing_token"),
         (lambda k: "Basic abc", "bad_scheme"),
+        (lambda k: "Bearer " + "a" * MAX_TOKEN_CHARS, "invalid_token"),
         (lambda k: "Bearer " + _token(k, exp=int(time.time()) - 3600), "expired_token"),
         (lambda k: "Bearer " + _token(k, aud="someone-else"), "invalid_token"),
         (lambda k: "Bearer " + _token(k, iss="https://evil.example"), "invalid_token"),
@@ -86,10 +95,36 @@ async def test_bad_tokens_are_refused(
 def test_url_secrets_constant_time_verify() -> None:
     url_secrets = UrlSecrets(b"s" * 32)
     nonce = url_secrets.new_nonce()
-    url_secrets.verify(nonce, url_secrets.sign(nonce))
+    assert url_secrets.verify(nonce, url_secrets.sign(nonce)) == nonce
+    with pytest.raises(AuthError, match="bad_secret"):
+        url_secrets.verify(nonce, "é" * 32)  # not ASCII: refused, never a TypeError
+    with pytest.raises(AuthError, match="bad_secret"):
+        url_secrets.verify("n" * 10_000, "0" * 32)
     with pytest.raises(AuthError, match="bad_secret"):
         url_secrets.verify(nonce, "0" * 32)
     with pytest.raises(AuthError, match="missing_secret"):
         url_secrets.verify(nonce, None)
     with pytest.raises(ValueError, match="16 bytes"):
         UrlSecrets(b"short")
+
+
+async def test_event_grid_secret_and_entra_token_both_required_when_both_set(
+    signing_key: rsa.RSAPrivateKey, jwks_url: str
+) -> None:
+    entra = JwtVerifier(JwtPolicy(ISSUER, jwks_url, AUDIENCE))
+    both = EventGridAuth(SharedSecret("webhook-secret-0123"), entra)
+    await both.verify("webhook-secret-0123", "Bearer " + _token(signing_key))
+    for code, authorization, reason in [
+        (None, "Bearer " + _token(signing_key), "missing_secret"),
+        ("webhook-secret-0124", "Bearer " + _token(signing_key), "bad_secret"),
+        ("webhook-secret-0123", None, "missing_token"),
+        ("webhook-secret-0123", "Bearer " + _token(signing_key, aud="other"), "invalid_token"),
+    ]:
+        with pytest.raises(AuthError) as info:
+            await both.verify(code, authorization)
+        assert info.value.reason == reason
+    await EventGridAuth(None, entra).verify(None, "Bearer " + _token(signing_key))
+    with pytest.raises(ValueError):
+        EventGridAuth(None, None)
+    with pytest.raises(ValueError):
+        SharedSecret("short")

@@ -16,11 +16,11 @@ from pydantic import SecretStr
 from actors.config import CallActorConfig
 from gateway.acs_events import MAX_BODY_BYTES
 from gateway.app import Gateway, create_app
-from gateway.service import build_gateway
+from gateway.service import build_gateway, event_grid_auth, token_verifier
 from storage.keys import RedisKeyManager
 from storage.local_redis import free_port
 from storage.redis_manager import AsyncAzureRedisManager
-from storage.settings import Settings
+from storage.settings import ConfigError, Settings
 
 EVENT_GRID_VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
 EVENT_GRID_SECRET = "event-grid-secret-0123456789"
@@ -126,3 +126,29 @@ async def test_readiness_is_degraded_without_redis(
         await gw.redis.close()
     assert ready.status_code == 200  # calls go on from actor memory
     assert ready.json() == {"status": "degraded", "checks": {"ray": True, "redis": False}}
+
+
+def test_unchecked_tokens_or_webhook_need_the_insecure_dev_flag() -> None:
+    secure = Settings(acs_audience="resource-id", eventgrid_secret=SecretStr(EVENT_GRID_SECRET))
+    assert token_verifier(secure) is not None and event_grid_auth(secure) is not None
+    with pytest.raises(ConfigError, match="RTVOICE_ACS_AUDIENCE"):
+        token_verifier(Settings())
+    with pytest.raises(ConfigError, match="RTVOICE_EVENTGRID_SECRET"):
+        event_grid_auth(Settings())
+    with pytest.raises(ConfigError, match="RTVOICE_EVENTGRID_SECRET"):
+        event_grid_auth(Settings(eventgrid_secret=SecretStr("short")))
+    with pytest.raises(ConfigError, match="TENANT_ID"):
+        event_grid_auth(Settings(eventgrid_entra_audience="api://rtvoice"))
+    entra = Settings(eventgrid_entra_audience="api://rtvoice", eventgrid_entra_tenant_id="t1")
+    assert event_grid_auth(entra) is not None
+    dev = Settings(insecure_dev=True)
+    assert token_verifier(dev) is None and event_grid_auth(dev) is None
+
+
+async def test_webhook_without_its_secret_is_401_and_counted(gateway: Gateway) -> None:
+    async with _client(gateway) as client:
+        missing = await client.post("/api/incoming-call", content=b"[]")
+        wrong = await client.post("/api/incoming-call?code=nope", content=b"[]")
+    assert missing.status_code == wrong.status_code == 401
+    assert gateway.metrics.refused_count("event_grid", "missing_secret") == 1
+    assert gateway.metrics.refused_count("event_grid", "bad_secret") == 1

@@ -341,6 +341,32 @@ async def test_affinity_compare_and_set(mgr: AsyncAzureRedisManager) -> None:
     assert not await mgr.renew_affinity(call, 3)
 
 
+async def test_renewing_affinity_slides_the_call_url_binding(
+    mgr: AsyncAzureRedisManager, admin: aioredis.Redis, key_manager: RedisKeyManager
+) -> None:
+    """The owner's heartbeat keeps the call's URL binding (auth) alive for as long as the call;
+    a release leaves it to expire, so late callbacks of the ended call still authenticate."""
+    call = uid()
+    auth_key = key_manager.call_key(call, Component.AUTH)
+    await mgr.set_auth_state(call, {"nonce_sha256": "ab", "correlation_id": "c"})
+    await admin.expire(auth_key, 5)
+    assert await mgr.claim_affinity(_record(call, 1))
+    assert await mgr.renew_affinity(call, 1)
+    await assert_ttl(admin, auth_key, TTL_POLICIES["authentication_state"])
+    await admin.expire(auth_key, 5)
+    assert not await mgr.renew_affinity(call, 0)  # not the owner: nothing slides
+    assert 0 < await admin.ttl(auth_key) <= 5
+    assert await mgr.release_affinity(call, 1)
+    assert await mgr.get_auth_state(call) is not None
+
+
+async def test_an_incoming_call_context_is_claimed_once(mgr: AsyncAzureRedisManager) -> None:
+    digest = uuid.uuid4().hex
+    assert await mgr.claim_answer(digest)
+    assert not await mgr.claim_answer(digest)
+    assert await mgr.claim_answer(uuid.uuid4().hex)
+
+
 async def test_concurrent_claims_same_epoch_and_higher_wins(mgr: AsyncAzureRedisManager) -> None:
     call = uid()
     results = await asyncio.gather(*(mgr.claim_affinity(_record(call, e)) for e in range(1, 9)))

@@ -13,8 +13,29 @@ from typing import Any, Final
 import orjson
 
 MAX_MESSAGE_BYTES: Final[int] = 64 * 1024
+# Longer than any real utterance; what goes past it would only inflate the turn, the reply and
+# its synthesis.
+MAX_TRANSCRIPT_CHARS: Final[int] = 2000
+# A DtmfData carries one tone: a key, or a Call Automation tone name (any case, as its enum).
+DTMF_KEYS: Final[frozenset[str]] = frozenset("0123456789*#ABCD")
+DTMF_TONE_NAMES: Final[frozenset[str]] = frozenset(
+    {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+    | {"a", "b", "c", "d", "pound", "asterisk"}
+)
+MAX_DTMF_CHARS: Final[int] = 16
+MAX_PARTICIPANT_CHARS: Final[int] = 256  # `8:acs:<guid>_<guid>` is about 90
 REASONS: Final[frozenset[str]] = frozenset(
-    {"invalid_json", "unknown_kind", "bad_base64", "bad_frame_length", "oversized", "missing_field"}
+    {
+        "invalid_json",
+        "unknown_kind",
+        "bad_base64",
+        "bad_frame_length",
+        "bad_metadata",
+        "bad_dtmf",
+        "bad_participant",
+        "oversized",
+        "missing_field",
+    }
 )
 
 
@@ -74,6 +95,7 @@ class TranscriptionData:
     duration: int | None = None
     format: str = "display"
     words: tuple[Word, ...] = field(default_factory=tuple)
+    truncated: bool = False  # ``text`` was cut to MAX_TRANSCRIPT_CHARS
 
 
 AcsMessage = AudioMetadata | AudioData | DtmfData | TranscriptionMetadata | TranscriptionData
@@ -105,6 +127,14 @@ def _opt_str(body: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _participant(body: dict[str, Any]) -> str | None:
+    """``participantRawID``: it keys a ring buffer and turns, so its size is bounded."""
+    value = _opt_str(body, "participantrawid")
+    if value is not None and (len(value) > MAX_PARTICIPANT_CHARS or not value.isprintable()):
+        raise InvalidMessage("bad_participant")
+    return value
+
+
 def _opt_int(body: dict[str, Any], key: str) -> int | None:
     value = body.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -127,21 +157,44 @@ def _audio(doc: dict[str, Any], frame_bytes: int | None) -> AudioData:
     silent = body.get("silent") is True
     return AudioData(
         timestamp=_str(body, "timestamp", ""),
-        participant=_opt_str(body, "participantrawid"),
+        participant=_participant(body),
         pcm=_decode_pcm(_str(body, "data", ""), silent, frame_bytes),
         silent=silent,
     )
 
 
-def _metadata(doc: dict[str, Any]) -> AudioMetadata:
+def _metadata(
+    doc: dict[str, Any], frame_bytes: int | None, sample_rate: int | None
+) -> AudioMetadata:
     body = _section(doc, "audioMetadata")
-    return AudioMetadata(
+    meta = AudioMetadata(
         subscription_id=_str(body, "subscriptionid", ""),
         encoding=_str(body, "encoding", "PCM"),
         sample_rate=_opt_int(body, "samplerate") or 0,
         channels=_opt_int(body, "channels") or 1,
         length=_opt_int(body, "length") or 0,
     )
+    if not _matches_format(meta, frame_bytes, sample_rate):
+        raise InvalidMessage("bad_metadata")
+    return meta
+
+
+def _matches_format(meta: AudioMetadata, frame_bytes: int | None, sample_rate: int | None) -> bool:
+    """The format negotiated at answer time fixes the frame; a stream may not redeclare it."""
+    return (
+        meta.encoding.upper() == "PCM"
+        and meta.channels == 1
+        and (frame_bytes is None or meta.length == frame_bytes)
+        and (sample_rate is None or meta.sample_rate == sample_rate)
+    )
+
+
+def _dtmf(doc: dict[str, Any]) -> DtmfData:
+    tone = _str(_section(doc, "dtmfData"), "data")
+    # Length first: lower-casing would copy a string of any size.
+    if len(tone) > MAX_DTMF_CHARS or not (tone in DTMF_KEYS or tone.lower() in DTMF_TONE_NAMES):
+        raise InvalidMessage("bad_dtmf")
+    return DtmfData(data=tone)
 
 
 def _transcription(doc: dict[str, Any]) -> TranscriptionData:
@@ -161,15 +214,17 @@ def _transcription(doc: dict[str, Any]) -> TranscriptionData:
                     )
                 )
     status = _str(body, "resultstatus", "Final")
+    text = _str(body, "text")
     return TranscriptionData(
-        text=_str(body, "text"),
+        text=text[:MAX_TRANSCRIPT_CHARS],
         final=status.lower() == "final",
         confidence=float(confidence) if isinstance(confidence, int | float) else None,
-        participant=_opt_str(body, "participantrawid"),
+        participant=_participant(body),
         offset=_opt_int(body, "offset"),
         duration=_opt_int(body, "duration"),
         format=_str(body, "format", "display"),
         words=tuple(parsed_words),
+        truncated=len(text) > MAX_TRANSCRIPT_CHARS,
     )
 
 
@@ -187,11 +242,14 @@ def parse_message(
     raw: str | bytes,
     *,
     frame_bytes: int | None = None,
+    sample_rate: int | None = None,
     max_bytes: int = MAX_MESSAGE_BYTES,
 ) -> AcsMessage:
     """Parse one inbound ACS media or transcription WebSocket message.
 
-    ``frame_bytes``: the exact PCM length an AudioData frame must have (None: any even length).
+    ``frame_bytes``: the exact PCM length an AudioData frame must have, and the ``length`` an
+    AudioMetadata must declare (None: any even length). ``sample_rate``: the ``sampleRate`` an
+    AudioMetadata must declare (None: any).
     """
     if len(raw) > max_bytes:
         raise InvalidMessage("oversized")
@@ -209,9 +267,9 @@ def parse_message(
         case "audiodata":
             return _audio(doc, frame_bytes)
         case "audiometadata":
-            return _metadata(doc)
+            return _metadata(doc, frame_bytes, sample_rate)
         case "dtmfdata":
-            return DtmfData(data=_str(_section(doc, "dtmfData"), "data"))
+            return _dtmf(doc)
         case "transcriptiondata":
             return _transcription(doc)
         case "transcriptionmetadata":

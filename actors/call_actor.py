@@ -13,13 +13,13 @@ import logging
 import os
 import secrets
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import numpy as np
 
 from actors.acs_media import (
     AudioData,
-    AudioMetadata,
     DtmfData,
     InvalidMessage,
     TranscriptionData,
@@ -39,12 +39,20 @@ from actors.stream_server import ServerConnection, StreamServer
 from storage.archive import ArchiveStore, open_archive
 from storage.archiver import Archiver
 from storage.conversation import ConversationManager
-from storage.errors import RedisUnavailableError, StaleEpochError, StorageError
+from storage.errors import (
+    PayloadTooLargeError,
+    RedisUnavailableError,
+    SerializationError,
+    StaleEpochError,
+    StorageError,
+)
 from storage.keys import validate_identifier
 from storage.profiles import ProfileRepository
 from storage.redis_manager import AffinityRecord, AsyncAzureRedisManager
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 BARGE_IN_RMS = 500.0  # int16 RMS above which an inbound frame counts as caller speech
 BARGE_IN_FRAMES = 3  # consecutive loud frames (60 ms) before playback is stopped
@@ -100,7 +108,6 @@ class CallActor:
         self.restarts = 0
         self.dtmf: list[str] = []
         self.audit: list[dict[str, Any]] = []
-        self._frame_bytes = config.frame_bytes
         self._token = secrets.token_urlsafe(24)
         self._redis: AsyncAzureRedisManager | None = None
         self._archive: ArchiveStore | None = None
@@ -349,8 +356,10 @@ class CallActor:
         except StaleEpochError:
             self._fenced()
             return False
-        except RedisUnavailableError:
+        except StorageError as exc:
             self.metrics.checkpoint_failures += 1
+            if not isinstance(exc, RedisUnavailableError):
+                log.warning("%r: checkpoint failed: %s", self, type(exc).__name__)
             return False  # pending turns stay in memory; the loop retries
         self.metrics.checkpoint_done(time.perf_counter() - started)
         return True
@@ -378,9 +387,13 @@ class CallActor:
 
     def on_message(self, conn: ServerConnection, payload: bytes) -> None:
         self._touch()
+        cfg = self.config
         try:
             msg = parse_message(
-                payload, frame_bytes=self._frame_bytes, max_bytes=self.config.max_message_bytes
+                payload,
+                frame_bytes=cfg.frame_bytes,
+                sample_rate=cfg.sample_rate,
+                max_bytes=cfg.max_message_bytes,
             )
         except InvalidMessage as exc:
             self.metrics.invalid_messages[exc.reason] += 1
@@ -389,26 +402,24 @@ class CallActor:
             self._on_audio(msg)
         elif isinstance(msg, TranscriptionData):
             self._on_transcription(msg)
-        elif isinstance(msg, AudioMetadata):
-            if 0 < msg.length <= self.config.max_message_bytes and msg.length % 2 == 0:
-                self._frame_bytes = msg.length
         elif isinstance(msg, DtmfData):
-            self.dtmf.append(msg.data)
-            self._session_dirty = True
+            self._on_dtmf(msg)
         elif isinstance(msg, TranscriptionMetadata):
             self._session_dirty = True
+        # AudioMetadata: the parser checked it against the negotiated format; nothing to change.
 
     def _on_audio(self, msg: AudioData) -> None:
         self.metrics.frames_in += 1
         now = time.time()
         latency = frame_latency_s(msg.timestamp, now)
-        if latency is not None and latency >= 0:  # negative: sent ahead of real time, or skew
+        if latency is not None:
             self.metrics.frame_seen(latency, captured_before_ready=now - latency < self._ready_at)
-        lost = self.rings.write(msg.participant, msg.pcm)
-        if lost < 0:
+        overwritten = self.rings.write(msg.participant, msg.pcm)
+        if overwritten < 0:
             self.metrics.frames_dropped += 1
-        elif lost:
-            self.metrics.frames_dropped += -(-lost * 2 // self._frame_bytes)
+        elif overwritten:
+            frames = -(-overwritten * 2 // self.config.frame_bytes)
+            self.metrics.ring_overwritten_frames += frames
         speaking = self._speaker is not None and self._speaker.speaking
         if speaking and not msg.silent and _rms(msg.pcm) >= BARGE_IN_RMS:
             self._loud_frames += 1
@@ -417,7 +428,17 @@ class CallActor:
         else:
             self._loud_frames = 0
 
+    def _on_dtmf(self, msg: DtmfData) -> None:
+        if len(self.dtmf) >= self.config.max_dtmf_tones:
+            # The tones live in the call session, which Redis stores under a size limit.
+            self.metrics.invalid_messages["dtmf_limit"] += 1
+            return
+        self.dtmf.append(msg.data)
+        self._session_dirty = True
+
     def _on_transcription(self, msg: TranscriptionData) -> None:
+        if msg.truncated:
+            self.metrics.transcripts_truncated += 1
         if not msg.text.strip():
             return
         if self._speaker is not None and self._speaker.speaking:
@@ -500,6 +521,8 @@ class CallActor:
                 await self._store_session()
             except RedisUnavailableError:
                 log.info("heartbeat: redis unavailable; serving from memory")
+            except StorageError as exc:
+                self._storage_failed("heartbeat", exc)
 
     async def _checkpoint_loop(self) -> None:
         while True:
@@ -535,6 +558,7 @@ class CallActor:
         except Exception:
             log.exception("%r: end of call failed", self)
         finally:
+            await self._mark_ended()
             await self._release_resources()
             self.finished.set()
             self._exit_soon()
@@ -592,7 +616,7 @@ class CallActor:
             "metadata": metadata,
             "metrics": metrics,
         }
-        destination = await archiver.submit_transcript(transcript)
+        destination = await self._guarded("transcript", archiver.submit_transcript(transcript))
         summary = {
             "call_id": self.call_id,
             "started_at": started,
@@ -601,10 +625,9 @@ class CallActor:
             "end_reason": reason,
             "turns": len(turns),
             "caller_id": (cm.context.get("caller") or {}).get("id"),
-            "archived_to": str(destination),
+            "archived_to": str(destination) if destination is not None else "failed",
         }
-        with contextlib.suppress(RedisUnavailableError):
-            await redis.set_call_summary(self.call_id, summary)
+        await self._guarded("summary", redis.set_call_summary(self.call_id, summary))
         analytics = {
             "id": f"{self.call_id}-analytics",
             **summary,
@@ -612,13 +635,18 @@ class CallActor:
             "assistant_turns": sum(1 for t in turns if t["role"] == "assistant"),
             "metrics": metrics,
         }
-        await archiver.submit("analytics", analytics)
+        await self._guarded("analytics", archiver.submit("analytics", analytics))
         for entry in self.audit:
-            await archiver.submit("audit", entry)
-        with contextlib.suppress(RedisUnavailableError):
-            await self._store_session(ended=True)
-            await redis.release_affinity(self.call_id, self.epoch)
+            await self._guarded("audit", archiver.submit("audit", entry))
         log.info("%r archived (%s) to %s", self, reason, destination)
+
+    async def _mark_ended(self) -> None:
+        """Whatever happened to the archive: the session says ended, the lease is released, so
+        the call can neither be activated again nor keep the gateway routing to this process."""
+        await self._store_session(ended=True)
+        if self._redis is not None:
+            release = self._redis.release_affinity(self.call_id, self.epoch)
+            await self._guarded("release_affinity", release)
 
     def _fenced(self) -> None:
         """A newer epoch owns the call: this instance is a zombie and must stop writing."""
@@ -693,10 +721,8 @@ class CallActor:
             self.metrics.tts_hits = self._speaker.hits
             self.metrics.tts_misses = self._speaker.misses
 
-    async def _store_session(self, *, ended: bool = False) -> None:
-        if self._redis is None:
-            return
-        session = {
+    def _session(self, *, ended: bool) -> dict[str, Any]:
+        return {
             **self.incoming,
             "call_id": self.call_id,
             SESSION_KEY: {
@@ -708,8 +734,52 @@ class CallActor:
                 "ended": ended,
             },
         }
+
+    def _core_session(self, *, ended: bool) -> dict[str, Any]:
+        """What a restart and the end mark need, without the parts whose size others decide
+        (the IncomingCall, participants, tones, audit): stored when the whole session cannot be."""
+        return {
+            "call_id": self.call_id,
+            SESSION_KEY: {
+                "epoch": self.epoch,
+                "restarts": self.restarts,
+                "state": self.state.to_dict() | {"participants": []},
+                "ended": ended,
+            },
+        }
+
+    async def _store_session(self, *, ended: bool = False) -> None:
+        if self._redis is None:
+            return
         try:
-            await self._redis.store_call_session(self.call_id, session)
+            await self._redis.store_call_session(self.call_id, self._session(ended=ended))
+        except (PayloadTooLargeError, SerializationError) as exc:
+            self._storage_failed("store_session", exc)
+            await self._store_core_session(ended=ended)
+        except StorageError as exc:
+            self._storage_failed("store_session", exc)
+        else:
             self._session_dirty = False
-        except RedisUnavailableError:
-            log.info("call session not stored: redis unavailable")
+
+    async def _store_core_session(self, *, ended: bool) -> None:
+        assert self._redis is not None
+        try:
+            await self._redis.store_call_session(self.call_id, self._core_session(ended=ended))
+        except StorageError as exc:
+            self._storage_failed("store_core_session", exc)
+        else:
+            # Retried when the session changes: as it is, the whole of it would fail again.
+            self._session_dirty = False
+
+    async def _guarded(self, step: str, op: Awaitable[T]) -> T | None:
+        """Await one storage step of the call; a failure is counted and logged, never raised."""
+        try:
+            return await op
+        except StorageError as exc:
+            self._storage_failed(step, exc)
+            return None
+
+    def _storage_failed(self, step: str, exc: StorageError) -> None:
+        self.metrics.storage_failures[step] += 1
+        # The type only: storage messages may quote the data they refused.
+        log.warning("%r: %s failed: %s", self, step, type(exc).__name__)

@@ -12,6 +12,7 @@ from typing import Any
 
 EVENT_PREFIX = "Microsoft.Communication."
 RECENT_EVENT_IDS = 512
+MAX_PARTICIPANTS = 100  # kept per call; the rest of a larger snapshot is ignored
 
 
 class CallStatus(StrEnum):
@@ -110,7 +111,7 @@ class CallState:
         if not isinstance(entries, list):
             return False
         updated: dict[str, Participant] = {}
-        for entry in entries:
+        for entry in entries[:MAX_PARTICIPANTS]:
             raw, flags = _participant_id(entry)
             if raw is None:
                 continue

@@ -48,6 +48,7 @@ class CallActorConfig:
     audio_format: Literal["pcm16KMono", "pcm24KMono"] = "pcm16KMono"
     ring_seconds: float = 10.0
     max_participants: int = 16
+    max_dtmf_tones: int = 1000  # per call: the tones are kept in the size-limited call session
     outbound_max_seconds: float = 60.0
     responder: str = "echo"
     speaker: Literal["pcm", "acs"] = "pcm"

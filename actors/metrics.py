@@ -13,6 +13,8 @@ from typing import Any
 from storage.latency import LatencyRecorder
 
 FRAME_LATENCY_WINDOW = 3000  # the last minute of 20 ms frames
+# A capture timestamp ahead of us, or older than this, is a forged or broken clock, not latency.
+MAX_FRAME_LATENCY_S = 300.0
 
 
 def frame_latency_s(timestamp: str, received_at: float) -> float | None:
@@ -23,7 +25,7 @@ def frame_latency_s(timestamp: str, received_at: float) -> float | None:
     """
     try:
         return received_at - datetime.fromisoformat(timestamp).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
 
 
@@ -31,8 +33,12 @@ def frame_latency_s(timestamp: str, received_at: float) -> float | None:
 class LiveMetrics:
     frames_in: int = 0
     frames_out: int = 0
-    frames_dropped: int = 0  # inbound overwritten in the ring or refused, outbound overflow
+    frames_dropped: int = 0  # lost: inbound with no ring (participant bound), outbound unsent
+    # The ring keeps the last N seconds by design: wrap-around is not loss.
+    ring_overwritten_frames: int = 0
     frames_late: int = 0
+    bad_timestamps: int = 0  # frames whose capture time is outside the sane latency window
+    transcripts_truncated: int = 0  # cut to MAX_TRANSCRIPT_CHARS
     invalid_messages: Counter[str] = field(default_factory=Counter)  # by reason code
     protocol_errors: Counter[str] = field(default_factory=Counter)  # connection-level refusals
     connections: int = 0
@@ -42,6 +48,7 @@ class LiveMetrics:
     duplicate_events: int = 0
     checkpoints: int = 0
     checkpoint_failures: int = 0
+    storage_failures: Counter[str] = field(default_factory=Counter)  # by step (session, ...)
     checkpoint_ms_last: float = 0.0
     checkpoint_ms_max: float = 0.0
     checkpoint_ms_total: float = 0.0
@@ -56,6 +63,9 @@ class LiveMetrics:
     backlog_wait_ms_max: float = 0.0
 
     def frame_seen(self, latency_s: float, *, captured_before_ready: bool) -> None:
+        if not 0.0 <= latency_s <= MAX_FRAME_LATENCY_S:
+            self.bad_timestamps += 1
+            return
         if captured_before_ready:
             self.backlog_frames += 1
             self.backlog_wait_ms_max = max(self.backlog_wait_ms_max, latency_s * 1000.0)
@@ -76,7 +86,10 @@ class LiveMetrics:
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
             "frames_dropped": self.frames_dropped,
+            "ring_overwritten_frames": self.ring_overwritten_frames,
             "frames_late": self.frames_late,
+            "bad_timestamps": self.bad_timestamps,
+            "transcripts_truncated": self.transcripts_truncated,
             "invalid_messages": dict(self.invalid_messages),
             "protocol_errors": dict(self.protocol_errors),
             "connections": self.connections,
@@ -86,6 +99,7 @@ class LiveMetrics:
             "duplicate_events": self.duplicate_events,
             "checkpoints": self.checkpoints,
             "checkpoint_failures": self.checkpoint_failures,
+            "storage_failures": dict(self.storage_failures),
             "checkpoint_ms_last": round(self.checkpoint_ms_last, 3),
             "checkpoint_ms_max": round(self.checkpoint_ms_max, 3),
             "checkpoint_ms_mean": round(mean, 3),

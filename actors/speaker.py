@@ -13,12 +13,20 @@ from typing import Protocol
 import numpy as np
 
 from actors.outbound_audio import OutboundQueue
-from storage.errors import RedisUnavailableError
+from storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 
 SYLLABLE_SECONDS = 0.12
 PAUSE_SECONDS = 0.06
+# Replies are spoken up to this many characters (a few minutes of speech): synthesis memory and
+# the cached audio grow with the text, and a reply can echo whatever the caller said.
+MAX_SPOKEN_CHARS = 2500
+
+
+def spoken_text(text: str) -> str:
+    """The part of a reply that is spoken."""
+    return text[:MAX_SPOKEN_CHARS]
 
 
 class Speaker(Protocol):
@@ -92,9 +100,10 @@ class PcmSpeaker:
         return len(self._queue) > 0
 
     async def pcm_for(self, text: str) -> bytes:
+        text = spoken_text(text)
         try:
             cached = await self._cache.get_tts(self.voice, self.audio_format, text)
-        except RedisUnavailableError:
+        except StorageError:
             cached = None  # the cache is an optimisation; speak anyway
         if cached is not None:
             self.hits += 1
@@ -103,8 +112,8 @@ class PcmSpeaker:
         pcm = synthesize(text, self.voice, self.sample_rate)
         try:
             await self._cache.set_tts(self.voice, self.audio_format, text, pcm)
-        except RedisUnavailableError:
-            log.info("tts cache unavailable; reply not cached")
+        except StorageError as exc:
+            log.info("reply not cached: %s", type(exc).__name__)
         return pcm
 
     async def speak(self, text: str) -> None:
@@ -141,7 +150,8 @@ class AcsPlaySpeaker:
         from azure.communication.callautomation import TextSource
 
         await self._call.play_media_to_all(
-            TextSource(text=text, voice_name=self.voice), operation_context="rtvoice-reply"
+            TextSource(text=spoken_text(text), voice_name=self.voice),
+            operation_context="rtvoice-reply",
         )
         self._speaking = True
 

@@ -1,28 +1,58 @@
 """ACS inbound HTTP payloads (Event Grid webhook, Call Automation callbacks) as typed models.
 
 Pure parsing: bytes in, models out, :class:`BadPayload` on anything malformed. No I/O here.
+Every id and stored field is bounded at sizes real ACS uses (ACS_PROTOCOL.md), in UTF-8 bytes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 import orjson
 
 VALIDATION_EVENT = "Microsoft.EventGrid.SubscriptionValidationEvent"
 INCOMING_CALL_EVENT = "Microsoft.Communication.IncomingCall"
+PARTICIPANTS_UPDATED_EVENT = "Microsoft.Communication.ParticipantsUpdated"
 CALLBACK_TYPE_PREFIX = "Microsoft.Communication."
 MAX_BODY_BYTES = 1 << 20
 MAX_EVENTS_PER_REQUEST = 100
+MAX_ID_BYTES: Final[int] = 128  # event ids, callConnectionId, correlationId: GUID-like
+MAX_RAW_ID_BYTES: Final[int] = 256  # "8:acs:<guid>_<guid>", "4:+14255550123"
+MAX_SERVER_CALL_ID_BYTES: Final[int] = 1024  # base64 of a URL
+MAX_NAME_BYTES: Final[int] = 128  # event types, identifier kinds
+MAX_DISPLAY_NAME_BYTES: Final[int] = 256
+MAX_CALL_CONTEXT_BYTES: Final[int] = 32 * 1024  # "can be several kilobytes"
+MAX_CUSTOM_CONTEXT_BYTES: Final[int] = 8 * 1024  # serialized
+
+# Every reason a refusal can carry: the gateway counts them as metric labels, so the set is closed.
+Reason = Literal[
+    "too_large",
+    "invalid_json",
+    "not_an_array",
+    "too_many_events",
+    "bad_event",
+    "missing_data",
+    "unknown_type",
+    "missing_validationCode",
+    "missing_incomingCallContext",
+    "missing_type",
+    "missing_id",
+    "missing_callConnectionId",
+    "bad_identifier",
+    "not_a_string",
+    "oversized_id",
+    "oversized_field",
+]
+REASONS: Final[frozenset[str]] = frozenset(get_args(Reason))
 
 
 class BadPayload(ValueError):
     """The body is not a payload ACS sends. ``reason`` is a short code safe to log and count."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: Reason) -> None:
         super().__init__(reason)
-        self.reason = reason
+        self.reason: Reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,13 +134,63 @@ def _load_array(body: bytes) -> list[Any]:
     return doc
 
 
-def _str(obj: dict[str, Any], key: str, *, required: bool = True) -> str:
-    value = obj.get(key)
-    if isinstance(value, str) and value:
-        return value
-    if required:
-        raise BadPayload(f"missing_{key}")
-    return ""
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """A string member of an event: its key, its size cap and how a refusal reads."""
+
+    key: str
+    max_bytes: int
+    oversized: Reason
+    missing: Reason | None = None  # None: optional, "" when absent
+
+
+_VALIDATION_CODE = _Field("validationCode", MAX_ID_BYTES, "oversized_id", "missing_validationCode")
+_CALL_CONTEXT = _Field(
+    "incomingCallContext", MAX_CALL_CONTEXT_BYTES, "oversized_field", "missing_incomingCallContext"
+)
+_SERVER_CALL_ID = _Field("serverCallId", MAX_SERVER_CALL_ID_BYTES, "oversized_id")
+_CORRELATION_ID = _Field("correlationId", MAX_ID_BYTES, "oversized_id")
+_DISPLAY_NAME = _Field("callerDisplayName", MAX_DISPLAY_NAME_BYTES, "oversized_field")
+_EVENT_ID = _Field("id", MAX_ID_BYTES, "oversized_id", "missing_id")
+_EVENT_TYPE = _Field("type", MAX_NAME_BYTES, "oversized_field", "missing_type")
+_CALL_CONNECTION_ID = _Field(
+    "callConnectionId", MAX_ID_BYTES, "oversized_id", "missing_callConnectionId"
+)
+
+
+def _str(obj: dict[str, Any], spec: _Field) -> str:
+    value = obj.get(spec.key)
+    if value is None or value == "":
+        if spec.missing is not None:
+            raise BadPayload(spec.missing)
+        return ""
+    if not isinstance(value, str):
+        raise BadPayload("not_a_string")
+    if len(value.encode()) > spec.max_bytes:
+        raise BadPayload(spec.oversized)
+    return value
+
+
+def _raw_id(value: Any) -> str:
+    """A rawId the runtime may key state by: a printable string of bounded size."""
+    if not isinstance(value, str):
+        raise BadPayload("bad_identifier")
+    if len(value.encode()) > MAX_RAW_ID_BYTES:
+        raise BadPayload("oversized_id")
+    if not value.isprintable():  # control, format (bidi) and separator characters
+        raise BadPayload("bad_identifier")
+    return value
+
+
+def _typed_member(obj: dict[str, Any]) -> tuple[str, str]:
+    """(rawId, kind) from the typed member older payloads carry instead of ``rawId``."""
+    phone = obj.get("phoneNumber")
+    user = obj.get("communicationUser")
+    if isinstance(phone, dict) and isinstance(phone.get("value"), str) and phone["value"]:
+        return "4:" + phone["value"], "phoneNumber"
+    if isinstance(user, dict) and isinstance(user.get("id"), str) and user["id"]:
+        return user["id"], "communicationUser"
+    raise BadPayload("bad_identifier")
 
 
 def parse_identifier(obj: Any) -> Identifier:
@@ -118,17 +198,38 @@ def parse_identifier(obj: Any) -> Identifier:
         raise BadPayload("bad_identifier")
     raw_id = obj.get("rawId")
     kind = obj.get("kind")
-    if not isinstance(raw_id, str) or not raw_id:
-        # Older payloads carry only the typed member.
-        phone = obj.get("phoneNumber")
-        user = obj.get("communicationUser")
-        if isinstance(phone, dict) and isinstance(phone.get("value"), str):
-            raw_id, kind = "4:" + phone["value"], "phoneNumber"
-        elif isinstance(user, dict) and isinstance(user.get("id"), str):
-            raw_id, kind = user["id"], "communicationUser"
-        else:
-            raise BadPayload("bad_identifier")
-    return Identifier(kind=kind if isinstance(kind, str) else "unknown", raw_id=raw_id)
+    if raw_id is None or raw_id == "":
+        raw_id, kind = _typed_member(obj)
+    if not isinstance(kind, str):
+        kind = "unknown"
+    elif len(kind.encode()) > MAX_NAME_BYTES:
+        raise BadPayload("oversized_field")
+    return Identifier(kind=kind, raw_id=_raw_id(raw_id))
+
+
+def _custom_context(data: dict[str, Any]) -> dict[str, Any]:
+    custom = data.get("customContext")
+    if not isinstance(custom, dict):
+        return {}
+    try:
+        size = len(orjson.dumps(custom))
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: no real context is
+        raise BadPayload("oversized_field") from None
+    if size > MAX_CUSTOM_CONTEXT_BYTES:
+        raise BadPayload("oversized_field")
+    return custom
+
+
+def _incoming_call(data: dict[str, Any]) -> IncomingCall:
+    return IncomingCall(
+        incoming_call_context=_str(data, _CALL_CONTEXT),
+        caller=parse_identifier(data.get("from")),
+        callee=parse_identifier(data.get("to")),
+        server_call_id=_str(data, _SERVER_CALL_ID),
+        correlation_id=_str(data, _CORRELATION_ID),
+        caller_display_name=_str(data, _DISPLAY_NAME),
+        custom_context=_custom_context(data),
+    )
 
 
 def parse_event_grid(body: bytes) -> EventGridPost:
@@ -144,43 +245,49 @@ def parse_event_grid(body: bytes) -> EventGridPost:
         if not isinstance(data, dict):
             raise BadPayload("missing_data")
         if event_type == VALIDATION_EVENT:
-            return EventGridPost(_str(data, "validationCode"), [], 0)
+            return EventGridPost(_str(data, _VALIDATION_CODE), [], 0)
         if event_type != INCOMING_CALL_EVENT:
             ignored += 1
             continue
-        custom = data.get("customContext")
-        calls.append(
-            IncomingCall(
-                incoming_call_context=_str(data, "incomingCallContext"),
-                caller=parse_identifier(data.get("from")),
-                callee=parse_identifier(data.get("to")),
-                server_call_id=_str(data, "serverCallId", required=False),
-                correlation_id=_str(data, "correlationId", required=False),
-                caller_display_name=_str(data, "callerDisplayName", required=False),
-                custom_context=custom if isinstance(custom, dict) else {},
-            )
-        )
+        calls.append(_incoming_call(data))
     return EventGridPost(None, calls, ignored)
+
+
+def _check_participants(data: dict[str, Any]) -> None:
+    """The call's actor keeps each participant's rawId: bound them like the caller's.
+
+    Entries without a rawId stay accepted: the actor skips them.
+    """
+    entries = data.get("participants")
+    if not isinstance(entries, list):
+        return
+    for entry in entries:
+        ident = entry.get("identifier", entry) if isinstance(entry, dict) else None
+        raw = ident.get("rawId") if isinstance(ident, dict) else None
+        if raw is not None and raw != "":
+            _raw_id(raw)
+
+
+def _callback(event: Any) -> CallbackEvent:
+    if not isinstance(event, dict):
+        raise BadPayload("bad_event")
+    data = event.get("data")
+    if not isinstance(data, dict):
+        raise BadPayload("missing_data")
+    event_type = _str(event, _EVENT_TYPE)
+    if not event_type.startswith(CALLBACK_TYPE_PREFIX):
+        raise BadPayload("unknown_type")
+    event_id = _str(event, _EVENT_ID)
+    call_connection_id = _str(data, _CALL_CONNECTION_ID)
+    _str(data, _SERVER_CALL_ID)  # carried to the actor: bounded like the IncomingCall's
+    _str(data, _CORRELATION_ID)
+    if event_type == PARTICIPANTS_UPDATED_EVENT:
+        _check_participants(data)
+    return CallbackEvent(
+        id=event_id, type=event_type, call_connection_id=call_connection_id, data=data
+    )
 
 
 def parse_callbacks(body: bytes) -> list[CallbackEvent]:
     """Parse a Call Automation callback body (JSON array of CloudEvents 1.0)."""
-    out: list[CallbackEvent] = []
-    for event in _load_array(body):
-        if not isinstance(event, dict):
-            raise BadPayload("bad_event")
-        data = event.get("data")
-        if not isinstance(data, dict):
-            raise BadPayload("missing_data")
-        event_type = _str(event, "type")
-        if not event_type.startswith(CALLBACK_TYPE_PREFIX):
-            raise BadPayload("unknown_type")
-        out.append(
-            CallbackEvent(
-                id=_str(event, "id"),
-                type=event_type,
-                call_connection_id=_str(data, "callConnectionId"),
-                data=data,
-            )
-        )
-    return out
+    return [_callback(event) for event in _load_array(body)]

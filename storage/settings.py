@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     ray_address: str | None = None
     ray_namespace: str = "rtvoice"
     call_slot_resource: str = "call_slot"
-    call_idle_timeout_s: float = Field(default=120.0, gt=0)
+    call_idle_timeout_s: float = Field(default=120.0, gt=0, le=86_400)
     replica_id: str | None = None
 
     @field_validator("app_prefix", "environment", "ray_namespace", "call_slot_resource")

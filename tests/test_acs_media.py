@@ -4,6 +4,7 @@ import orjson
 import pytest
 
 from actors.acs_media import (
+    MAX_TRANSCRIPT_CHARS,
     AudioData,
     AudioMetadata,
     DtmfData,
@@ -26,6 +27,13 @@ def audio(pcm: bytes = PCM, key: str = "participantRawID", **extra: object) -> s
     }
     body.update(extra)
     return orjson.dumps({"kind": "AudioData", "audioData": body}).decode()
+
+
+def metadata(**changes: object) -> str:
+    body = {"subscriptionId": "s", "encoding": "PCM", "sampleRate": 16000, "channels": 1}
+    body["length"] = 640
+    body.update(changes)
+    return orjson.dumps({"kind": "AudioMetadata", "audioMetadata": body}).decode()
 
 
 def test_audio_data_both_participant_casings() -> None:
@@ -82,16 +90,63 @@ def test_metadata_dtmf_transcription() -> None:
         (audio(PCM[:639]), "bad_frame_length"),
         (audio(PCM[:320]), "bad_frame_length"),
         ('{"kind":"DtmfData","dtmfData":{"data":"' + "1" * 70000 + '"}}', "oversized"),
+        ('{"kind":"DtmfData","dtmfData":{"data":"' + "1" * 60000 + '"}}', "bad_dtmf"),
+        ('{"kind":"DtmfData","dtmfData":{"data":"12"}}', "bad_dtmf"),
+        ('{"kind":"DtmfData","dtmfData":{"data":"e"}}', "bad_dtmf"),
+        ('{"kind":"DtmfData","dtmfData":{"data":""}}', "bad_dtmf"),
+        ('{"kind":"DtmfData","dtmfData":{"data":3}}', "missing_field"),
+        (metadata(length=320), "bad_metadata"),
+        (metadata(sampleRate=24000, length=960), "bad_metadata"),
+        (metadata(channels=2), "bad_metadata"),
+        (metadata(encoding="OPUS"), "bad_metadata"),
+        (metadata(length=None), "bad_metadata"),
     ],
 )
 def test_invalid_messages_have_reason_codes_without_payload(raw: str, reason: str) -> None:
     with pytest.raises(InvalidMessage) as info:
-        parse_message(raw, frame_bytes=640)
+        parse_message(raw, frame_bytes=640, sample_rate=16000)
     assert info.value.reason == reason
     assert str(info.value) == reason  # never the payload
+
+
+@pytest.mark.parametrize(
+    "tone", ["0", "9", "*", "#", "A", "D", "a", "one", "pound", "asterisk", "Pound", "ZERO"]
+)
+def test_dtmf_tones_keys_and_call_automation_names(tone: str) -> None:
+    raw = orjson.dumps({"kind": "DtmfData", "dtmfData": {"data": tone}})
+    assert parse_message(raw) == DtmfData(tone)
+
+
+def test_metadata_agreeing_with_the_negotiated_format() -> None:
+    assert parse_message(metadata(), frame_bytes=640, sample_rate=16000) == AudioMetadata(
+        "s", "PCM", 16000, 1, 640
+    )
+    meta = parse_message(metadata(sampleRate=24000, length=960), frame_bytes=960, sample_rate=24000)
+    assert isinstance(meta, AudioMetadata) and meta.length == 960
+
+
+def test_transcription_text_is_capped() -> None:
+    def message(text: str) -> str:
+        body = {"text": text, "resultStatus": "Final"}
+        return orjson.dumps({"kind": "TranscriptionData", "transcriptionData": body}).decode()
+
+    long = parse_message(message("x" * 60_000))
+    assert isinstance(long, TranscriptionData)
+    assert long.text == "x" * MAX_TRANSCRIPT_CHARS and long.truncated
+    exact = parse_message(message("y" * MAX_TRANSCRIPT_CHARS))
+    assert isinstance(exact, TranscriptionData) and not exact.truncated
 
 
 def test_outbound_messages() -> None:
     doc = orjson.loads(outbound_audio(b"\x01\x02"))
     assert doc == {"Kind": "AudioData", "AudioData": {"Data": "AQI="}, "StopAudio": None}
     assert orjson.loads(stop_audio()) == {"Kind": "StopAudio", "AudioData": None, "StopAudio": {}}
+
+
+def test_an_oversized_or_unprintable_participant_id_is_refused() -> None:
+    for raw in ("8:acs:" + "x" * 300, "4:+1425\x00555"):
+        message = orjson.dumps(
+            {"kind": "AudioData", "audioData": {"data": "AAAA", "participantRawID": raw}}
+        )
+        with pytest.raises(InvalidMessage, match="bad_participant"):
+            parse_message(message)

@@ -346,10 +346,14 @@ async def test_bad_input_is_counted_and_refused_without_hurting_other_calls(
         '{"kind":"AudioData","audioData":{"data":"@@@"}}',
         audio_msg(frame_pcm(1)[:100]),
         '{"kind":"DtmfData","dtmfData":{"data":"' + "1" * 5000 + '"}}',
+        '{"kind":"DtmfData","dtmfData":{"data":"' + "1" * 3000 + '"}}',
+        # A frame length other than the negotiated format's may not be declared...
+        '{"kind":"AudioMetadata","audioMetadata":{"sampleRate":16000,"channels":1,"length":320}}',
     ):
         await media.send_acs(raw)
         await good_media.send_acs(audio_msg(frame_pcm(7)))
-    await media.send_acs(audio_msg(frame_pcm(2)))  # the connection survived all of that
+    # ...and does not change the frames accepted: the connection survived all of that.
+    await media.send_acs(audio_msg(frame_pcm(2)))
     await eventually(lambda: _frames_in(bad, 1))
     counted = (await info(bad))["metrics"]["invalid_messages"]
     assert counted == {
@@ -358,6 +362,8 @@ async def test_bad_input_is_counted_and_refused_without_hurting_other_calls(
         "bad_base64": 1,
         "bad_frame_length": 1,
         "oversized": 1,
+        "bad_dtmf": 1,
+        "bad_metadata": 1,
     }
 
     # A frame longer than the limit breaks the framing: that connection is closed...

@@ -1,4 +1,4 @@
-from actors.call_state import CallState, CallStatus, event_name
+from actors.call_state import MAX_PARTICIPANTS, CallState, CallStatus, event_name
 
 
 def participants(seq: int, *ids: str, bare: bool = False) -> dict:
@@ -42,3 +42,10 @@ def test_seen_ids_and_roundtrip() -> None:
     back = CallState.from_dict(s.to_dict())
     assert back.to_dict() == s.to_dict()
     assert event_name("Microsoft.Communication.PlayCompleted") == "PlayCompleted"
+
+
+def test_a_huge_participants_snapshot_is_bounded() -> None:
+    state = CallState("c")
+    entries = [{"identifier": {"rawId": f"4:+1{i:010d}"}} for i in range(MAX_PARTICIPANTS + 50)]
+    assert state.apply("ParticipantsUpdated", {"participants": entries}, 1.0)
+    assert len(state.participants) == MAX_PARTICIPANTS

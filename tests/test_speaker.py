@@ -3,9 +3,9 @@ from typing import Any
 import pytest
 
 from actors.outbound_audio import OutboundQueue
-from actors.speaker import PcmSpeaker, synthesize
+from actors.speaker import MAX_SPOKEN_CHARS, PcmSpeaker, spoken_text, synthesize
 from storage.keys import RedisKeyManager
-from storage.redis_manager import AsyncAzureRedisManager
+from storage.redis_manager import AsyncAzureRedisManager, PayloadLimits
 
 
 def test_synthesize_is_deterministic_speech_like_pcm() -> None:
@@ -50,3 +50,32 @@ async def test_pcm_speaker_speaks_without_redis(key_manager: RedisKeyManager) ->
     await speaker.speak("still talking")
     assert speaker.misses == 1 and len(queue) > 0
     await down.close()
+
+
+def test_the_longest_spoken_reply_fits_the_tts_cache() -> None:
+    # One-letter words give the most audio per character; 24 kHz the most bytes per second.
+    worst = spoken_text("a " * 60_000)
+    assert len(worst) == MAX_SPOKEN_CHARS
+    assert len(synthesize(worst, "v", 24000)) <= PayloadLimits().max_binary_bytes
+
+
+async def test_a_long_reply_is_spoken_only_up_to_the_cap(redis_mgr: AsyncAzureRedisManager) -> None:
+    queue = OutboundQueue(frame_bytes=640, max_frames=100_000)
+    speaker = PcmSpeaker(redis_mgr, queue, voice="v", audio_format="pcm16KMono", sample_rate=16000)
+    reply = "You said: " + "please read this back to me " * 2200  # echoes a 60 KB utterance
+    pcm = await speaker.pcm_for(reply)
+    assert pcm == synthesize(reply[:MAX_SPOKEN_CHARS], "v", 16000)
+    assert await redis_mgr.get_tts("v", "pcm16KMono", reply[:MAX_SPOKEN_CHARS]) == pcm
+
+
+async def test_pcm_speaker_speaks_when_the_cache_refuses_the_audio(
+    redis_url: str, key_manager: RedisKeyManager
+) -> None:
+    small = AsyncAzureRedisManager.from_url(
+        redis_url, key_manager, limits=PayloadLimits(max_binary_bytes=1000)
+    )
+    queue = OutboundQueue(frame_bytes=640, max_frames=10_000)
+    speaker = PcmSpeaker(small, queue, voice="v", audio_format="pcm16KMono", sample_rate=16000)
+    await speaker.speak("too long to cache")  # PayloadTooLargeError from the cache: not fatal
+    assert speaker.misses == 1 and len(queue) > 0
+    await small.close()

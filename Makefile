@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EMULATOR_DIR := tests/cosmos_emulator
 
-.PHONY: test demo install lint typecheck pytest system-deps clean
+.PHONY: test test-fast demo install lint typecheck pytest system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ pytest: install system-deps $(EMULATOR_DIR)/node_modules/.installed
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# The inner loop: everything but the tests marked `slow` (local Ray, whole simulated calls,
+# Cosmos restarts); `make test` still runs them all.
+test-fast: install system-deps $(EMULATOR_DIR)/node_modules/.installed
+	$(BIN)/pytest -m "not slow"
 
 demo: install system-deps
 	$(BIN)/rtvoice demo

@@ -37,7 +37,7 @@ from actors.responder import Responder, make_responder
 from actors.speaker import AcsPlaySpeaker, PcmSpeaker, Speaker
 from actors.stream_server import ServerConnection, StreamServer
 from storage.archive import ArchiveStore, open_archive
-from storage.archiver import Archiver
+from storage.archiver import Archiver, process_spool_path
 from storage.conversation import ConversationManager
 from storage.errors import (
     PayloadTooLargeError,
@@ -158,10 +158,9 @@ class CallActor:
 
     async def _activate(self, incoming: dict[str, Any]) -> dict[str, Any]:
         cfg = self.config
-        settings = cfg.storage_settings()
-        redis = self._redis = AsyncAzureRedisManager.from_settings(settings)
-        archive = self._archive = open_archive(settings)
-        self._archiver = Archiver(archive, redis, spool_path=cfg.spool_path)
+        redis = self._redis = AsyncAzureRedisManager.from_settings(cfg.storage)
+        archive = self._archive = open_archive(cfg.storage)
+        self._archiver = Archiver(archive, redis, spool_path=process_spool_path(cfg.storage))
         # The call session holds the gateway's fields (the IncomingCall) at the top level and
         # this actor's own state under "actor" once an actor has run for the call.
         session = await redis.load_call_session(self.call_id) or {}
@@ -259,9 +258,10 @@ class CallActor:
     def _make_speaker(self, redis: AsyncAzureRedisManager) -> Speaker:
         cfg = self.config
         if cfg.speaker == "acs":
-            assert cfg.acs_endpoint and cfg.acs_access_key
+            acs = cfg.settings.acs
+            assert acs.endpoint and acs.access_key
             return AcsPlaySpeaker(
-                cfg.acs_endpoint, cfg.acs_access_key, self.call_id, voice=cfg.voice
+                acs.endpoint, acs.access_key.get_secret_value(), self.call_id, voice=cfg.voice
             )
         return PcmSpeaker(
             redis,

@@ -5,10 +5,11 @@ Pure: events in, state out. Tolerates duplicates (by event id) and any order, as
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from cachetools import FIFOCache
 
 EVENT_PREFIX = "Microsoft.Communication."
 RECENT_EVENT_IDS = 512
@@ -61,7 +62,10 @@ class CallState:
     last_activity: float = 0.0
     participants: dict[str, Participant] = field(default_factory=dict)
     participants_seq: int = -1
-    _seen: OrderedDict[str, None] = field(default_factory=OrderedDict, repr=False)
+    # Applied event ids, the oldest forgotten first; not part of to_dict.
+    _seen: FIFOCache[str, None] = field(
+        default_factory=lambda: FIFOCache(maxsize=RECENT_EVENT_IDS), repr=False
+    )
 
     def seen(self, event_id: str) -> bool:
         """Record ``event_id``; True if it was already applied (a duplicate delivery)."""
@@ -69,9 +73,7 @@ class CallState:
             return False
         if event_id in self._seen:
             return True
-        self._seen[event_id] = None
-        if len(self._seen) > RECENT_EVENT_IDS:
-            self._seen.popitem(last=False)
+        self._seen[event_id] = None  # evicts the oldest past RECENT_EVENT_IDS
         return False
 
     def touch(self, now: float) -> None:

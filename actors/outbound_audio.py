@@ -111,7 +111,6 @@ class Pacer:
         self.clock = PacingClock()
         self.frames_sent = 0
         self.frames_late = 0
-        self.frames_unsent = 0  # popped while no media connection was open
 
     async def run(self) -> None:
         while True:
@@ -125,9 +124,7 @@ class Pacer:
             frame = self.queue.pop()
             if frame is None:  # cleared while we slept (barge-in)
                 continue
-            if await self._send(frame):
+            if await self._send(frame):  # a frame nobody took is counted by ``send``
                 self.frames_sent += 1
-            else:
-                self.frames_unsent += 1
             if self.clock.sent(time.monotonic()):
                 self.frames_late += 1

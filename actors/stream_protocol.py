@@ -99,40 +99,6 @@ def parse_hello(frame: Frame) -> Hello:
     return Hello(token=str(token), stream=str(stream), call_id=str(call_id))
 
 
-class FrameDecoder:
-    """Incremental decoder: feed bytes as they arrive, get whole frames back."""
-
-    def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
-        self.max_frame_bytes = max_frame_bytes
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[Frame]:
-        self._buf += data
-        frames: list[Frame] = []
-        while len(self._buf) >= HEADER.size:
-            (length,) = HEADER.unpack_from(self._buf)
-            if length > self.max_frame_bytes:
-                raise FrameTooLarge(f"frame of {length} bytes exceeds {self.max_frame_bytes}")
-            if length == 0:
-                raise BadFrame("empty frame")
-            end = HEADER.size + length
-            if len(self._buf) < end:
-                break
-            type_byte = self._buf[HEADER.size]
-            payload = bytes(self._buf[HEADER.size + 1 : end])
-            del self._buf[:end]
-            try:
-                kind = FrameKind(type_byte)
-            except ValueError:
-                raise BadFrame(f"unknown frame type {type_byte:#x}") from None
-            frames.append(Frame(kind, payload))
-        return frames
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
-
 async def read_frame(
     reader: asyncio.StreamReader, max_frame_bytes: int = MAX_FRAME_BYTES
 ) -> Frame | None:

@@ -7,6 +7,7 @@ The gateway's only link to actors. Activates an actor only for calls this deploy
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -85,7 +86,15 @@ class ActorDirectory:
             return None
 
     async def deliver(self, call_id: str, event: dict[str, Any]) -> bool:
-        """Hand one callback event to the call's actor without waiting for it to be handled."""
+        """Hand one callback event to the call's actor without waiting for it to be handled.
+
+        False for a call nobody here answered; CallEnded once the call is over: ACS goes on
+        sending events after CallDisconnected, and they must not reach the ended call's actor.
+        """
+        with contextlib.suppress(StorageError):  # Redis down: the actor itself decides
+            if await self.has_ended(call_id):
+                self.forget(call_id)
+                raise CallEnded(call_id)
         handle: Any = self._handles.get(call_id)
         if handle is None:
             try:
@@ -93,9 +102,9 @@ class ActorDirectory:
                     ray.get_actor, call_id, namespace=self._config.namespace
                 )
             except ValueError:
-                if await self.has_ended(call_id) or not await self.is_known(call_id):
+                if not await self.is_known(call_id):
                     return False
-                await self.activate(call_id)
+                await self.activate(call_id)  # CallEnded if the call is over
                 return await self.deliver(call_id, event)
             self._handles[call_id] = handle
         future = asyncio.wrap_future(handle.handle_event.remote(event).future())

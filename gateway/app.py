@@ -20,13 +20,14 @@ import ray
 from azure.communication.callautomation.aio import CallAutomationClient
 from azure.core.exceptions import AzureError
 from cachetools import TTLCache
+from starlette import status
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway import status
 from gateway.acs_events import (
     MAX_BODY_BYTES,
     BadPayload,
@@ -46,8 +47,9 @@ from gateway.answering import (
 from gateway.auth import AuthError, EventGridAuth, JwtVerifier, UrlSecrets
 from gateway.call_binding import BindingUnavailable, CallBindings
 from gateway.dedupe import RecentIds
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import GatewayMetrics, RequestMetrics
 from gateway.stream_bridge import CallEnded, StreamBridge
+from storage.archive_drainer import ArchiveDrainer
 from storage.errors import StorageError
 from storage.keys import validate_identifier
 from storage.redis_manager import AsyncAzureRedisManager
@@ -86,6 +88,8 @@ class Gateway:
         default_factory=lambda: TTLCache(maxsize=ANSWERED_CONTEXTS, ttl=600)
     )
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # The deployment's archive drain; every replica runs one, a lease lets one work at a time.
+    drainer: ArchiveDrainer | None = None
 
     def spawn(self, coro: Any) -> None:
         """Run work ACS must not wait for; keep a reference so it is not collected."""
@@ -104,13 +108,14 @@ async def _authenticate(gw: Gateway, authorization: str | None, query: Any) -> s
 
 def _unauthorized(gw: Gateway, input_kind: str, reason: str) -> Response:
     gw.metrics.refuse(input_kind, reason)
-    return _json({"error": {"code": "Unauthorized", "message": reason}}, status.HTTP_UNAUTHORIZED)
+    body = {"error": {"code": "Unauthorized", "message": reason}}
+    return _json(body, status.HTTP_401_UNAUTHORIZED)
 
 
 def _unavailable(gw: Gateway, input_kind: str) -> Response:
     """Redis is down and this replica cannot check the call: ask ACS to retry later."""
     gw.metrics.refuse(input_kind, "auth_state_unavailable")
-    return _json({"error": "auth_state_unavailable"}, status.HTTP_SERVICE_UNAVAILABLE)
+    return _json({"error": "auth_state_unavailable"}, status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
 async def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -130,11 +135,12 @@ async def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
 
 def _bad_payload(gw: Gateway, input_kind: str, exc: BadPayload) -> Response:
     gw.metrics.refuse(input_kind, exc.reason)
-    code = status.HTTP_PAYLOAD_TOO_LARGE if exc.reason == "too_large" else status.HTTP_BAD_REQUEST
+    too_large = exc.reason == "too_large"
+    code = status.HTTP_413_CONTENT_TOO_LARGE if too_large else status.HTTP_400_BAD_REQUEST
     return _json({"error": exc.reason}, code)
 
 
-def _json(data: Any, code: int = status.HTTP_OK) -> Response:
+def _json(data: Any, code: int = status.HTTP_200_OK) -> Response:
     return Response(orjson.dumps(data), status_code=code, media_type="application/json")
 
 
@@ -156,7 +162,7 @@ async def incoming_call(request: Request) -> Response:
         return _json({"validationResponse": post.validation_code})
     for call in post.incoming_calls:
         gw.spawn(_answer(gw, call))
-    return Response(status_code=status.HTTP_OK)
+    return Response(status_code=status.HTTP_200_OK)
 
 
 async def _first_answer(gw: Gateway, call: IncomingCall) -> bool:
@@ -229,7 +235,7 @@ async def callbacks(request: Request) -> Response:
             gw.metrics.duplicate_events.inc()
             continue
         gw.spawn(_deliver(gw, event.call_connection_id, event.to_dict()))
-    return Response(status_code=status.HTTP_OK)
+    return Response(status_code=status.HTTP_200_OK)
 
 
 def _named_call(events: list[CallbackEvent]) -> str | None:
@@ -250,13 +256,20 @@ def _named_call(events: list[CallbackEvent]) -> str | None:
 
 
 async def _deliver(gw: Gateway, call_id: str, event: dict[str, Any]) -> None:
+    start = time.perf_counter()
+    outcome = "delivered"
     try:
         if not await gw.directory.deliver(call_id, event):
-            gw.metrics.refuse("callback", "unknown_call")
+            outcome = "unknown_call"
+            gw.metrics.refuse("callback", outcome)
     except CallEnded:
-        gw.metrics.refuse("callback", "ended_call")
+        outcome = "ended_call"
+        gw.metrics.refuse("callback", outcome)
     except (StorageError, ray.exceptions.RayError) as exc:
+        outcome = "failed"
         log.warning("event delivery failed: %s", type(exc).__name__)
+    elapsed = time.perf_counter() - start
+    gw.metrics.event_delivery_seconds.labels(outcome=outcome).observe(elapsed)
 
 
 async def _stream(websocket: WebSocket, stream: str) -> None:
@@ -271,11 +284,11 @@ async def _stream(websocket: WebSocket, stream: str) -> None:
         CallBindings.check(binding, nonce, headers.get(CORRELATION_HEADER))
     except (AuthError, ValueError) as exc:
         gw.metrics.refuse(stream, getattr(exc, "reason", "bad_call_id"))
-        await websocket.close(status.WS_POLICY_VIOLATION)
+        await websocket.close(status.WS_1008_POLICY_VIOLATION)
         return
     except BindingUnavailable:
         gw.metrics.refuse(stream, "auth_state_unavailable")
-        await websocket.close(status.WS_TRY_AGAIN_LATER)
+        await websocket.close(status.WS_1013_TRY_AGAIN_LATER)
         return
     bridge = StreamBridge(websocket, call_id, stream, gw.directory.resolve, gw.metrics)
     gw.metrics.open_sockets.labels(stream=stream).inc()
@@ -285,10 +298,10 @@ async def _stream(websocket: WebSocket, stream: str) -> None:
         await _claim_socket(gw, call_id, stream, opened_at)
         code = await bridge.run()
     except CallEnded:
-        code = status.WS_NORMAL_CLOSURE
+        code = status.WS_1000_NORMAL_CLOSURE
     except Exception as exc:  # one call's failure must never take the replica down
         log.warning("stream bridge failed: %s", type(exc).__name__)
-        code = status.WS_INTERNAL_ERROR
+        code = status.WS_1011_INTERNAL_ERROR
     finally:
         gw.metrics.open_sockets.labels(stream=stream).dec()
         await _release_socket(gw, call_id, stream)
@@ -332,7 +345,7 @@ async def readyz(request: Request) -> Response:
         checks["redis"] = False
     ready = checks["ray"]  # without Redis calls go on from actor memory: degraded, not down
     body = {"status": "ok" if all(checks.values()) else "degraded", "checks": checks}
-    code = status.HTTP_OK if ready else status.HTTP_SERVICE_UNAVAILABLE
+    code = status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE
     return JSONResponse(body, status_code=code)
 
 
@@ -352,12 +365,20 @@ def create_app(gateway: Gateway) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         heartbeat = asyncio.create_task(_heartbeat(gateway))
+        stop_draining = asyncio.Event()
+        drainer = gateway.drainer
+        draining = asyncio.create_task(drainer.run(stop_draining)) if drainer else None
         try:
             yield
         finally:
             heartbeat.cancel()
+            stop_draining.set()
             for task in list(gateway.tasks):
                 task.cancel()
+            if draining is not None and drainer is not None:
+                with contextlib.suppress(Exception):
+                    await draining
+                await drainer.archive.close()
 
     app = Starlette(
         routes=[
@@ -369,6 +390,7 @@ def create_app(gateway: Gateway) -> Starlette:
             Route("/readyz", readyz),
             Route("/metrics", metrics),
         ],
+        middleware=[Middleware(RequestMetrics, metrics=gateway.metrics)],
         lifespan=lifespan,
     )
     app.state.gateway = gateway

@@ -41,9 +41,10 @@ def _calls(args: argparse.Namespace, settings: Settings) -> int:
 
     from actors.cluster import list_call_actors
 
-    address = args.address or settings.ray_address or "auto"
+    address = args.address or settings.actors.ray_address or "auto"
+    namespace = settings.actors.ray_namespace
     try:
-        ray.init(address=address, namespace=settings.ray_namespace, logging_level=logging.ERROR)
+        ray.init(address=address, namespace=namespace, logging_level=logging.ERROR)
     except ConnectionError:
         print(
             f"rtvoice: no Ray cluster at {address!r} (start one, or run `rtvoice demo "
@@ -51,7 +52,7 @@ def _calls(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 1
-    calls = list_call_actors(settings.ray_namespace)
+    calls = list_call_actors(namespace)
     if not calls:
         print("no live calls")
         return 0
@@ -65,7 +66,7 @@ def _transcript(args: argparse.Namespace, settings: Settings) -> int:
     from storage.archive import open_archive
 
     async def fetch() -> dict[str, object] | None:
-        async with open_archive(settings) as archive:
+        async with open_archive(settings.storage) as archive:
             return await archive.get_transcript(args.call_id)
 
     doc = asyncio.run(fetch())

@@ -7,7 +7,8 @@ filter may forget: it is bounded in entries and in bytes, whatever ids callers s
 from __future__ import annotations
 
 import sys
-from collections import OrderedDict
+
+from cachetools import LRUCache
 
 MAX_IDS = 10_000
 MAX_BYTES = 1 << 20  # 10,000 GUIDs take about 850 KB
@@ -18,7 +19,9 @@ class RecentIds:
     """Recently seen ids, least recently seen evicted first.
 
     Sizes are what each id string holds in memory (``sys.getsizeof``), so a 4-byte-per-character
-    id counts for what it costs; the per-entry overhead of the dict is bounded by ``capacity``.
+    id counts for what it costs; the per-entry overhead of the cache is bounded by ``capacity``.
+    The byte bound is the LRU cache's own (each id's value is its size); the entry bound is kept
+    by evicting the least recently seen ids past ``capacity``.
     """
 
     def __init__(
@@ -29,10 +32,9 @@ class RecentIds:
         max_id_bytes: int = MAX_ID_BYTES,
     ) -> None:
         self._capacity = capacity
-        self._max_bytes = max_bytes
         self._max_id_bytes = min(max_id_bytes, max_bytes)
-        self._seen: OrderedDict[str, int] = OrderedDict()  # id -> its size
-        self._bytes = 0
+        # id -> its size; the cache's size is the sum of the values.
+        self._seen: LRUCache[str, int] = LRUCache(maxsize=max_bytes, getsizeof=_own_size)
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -40,7 +42,7 @@ class RecentIds:
     @property
     def bytes(self) -> int:
         """Memory held by the stored ids."""
-        return self._bytes
+        return int(self._seen.currsize)
 
     def first_time(self, event_id: str) -> bool:
         """True the first time an id is seen (among the ids still remembered).
@@ -48,15 +50,16 @@ class RecentIds:
         An id past ``max_id_bytes`` is never stored, so it always reads as new: the actor's own
         check catches its duplicates.
         """
-        if event_id in self._seen:
-            self._seen.move_to_end(event_id)
+        if self._seen.get(event_id) is not None:  # get() marks it recently seen
             return False
         size = sys.getsizeof(event_id)
         if size > self._max_id_bytes:
             return True
-        self._seen[event_id] = size
-        self._bytes += size
-        while len(self._seen) > self._capacity or self._bytes > self._max_bytes:
-            _, freed = self._seen.popitem(last=False)
-            self._bytes -= freed
+        self._seen[event_id] = size  # evicts the least recently seen past the byte budget
+        while len(self._seen) > self._capacity:
+            self._seen.popitem()
         return True
+
+
+def _own_size(size: int) -> int:
+    return size

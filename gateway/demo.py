@@ -178,7 +178,7 @@ def _frames_per_call(scenario: Scenario) -> int:
 async def run_demo(settings: Settings, options: DemoOptions, out: TextIO = sys.stdout) -> int:
     """Start everything locally, place the calls, print the table; 0 when every call archived."""
     scenario = demo_scenario(options.calls, options.lines)
-    archive = str(Path(options.archive_path or settings.archive_path).resolve())
+    archive = str(Path(options.archive_path or settings.storage.archive_path).resolve())
     out.write("rtvoice demo: starting Redis, Ray, the gateway and the ACS stand-in...\n")
     out.flush()
     async with LocalStack(
@@ -211,7 +211,7 @@ async def run_demo(settings: Settings, options: DemoOptions, out: TextIO = sys.s
         finally:
             ticker.cancel()
         call_ids = [r.call_connection_id for r in result.calls if r.answered]
-        async with open_archive(stack.settings) as store:
+        async with open_archive(stack.settings.storage) as store:
             transcripts = await _archived(store, call_ids)
         metrics = stack.running[0].gateway.metrics
         frames = (metrics.frames_routed("media", "in"), metrics.frames_routed("media", "out"))

@@ -61,7 +61,7 @@ class LocalStack:
         return self.running[0].url
 
     async def __aenter__(self) -> LocalStack:
-        redis_url = self.base.redis_url
+        redis_url = self.base.storage.redis.url
         if redis_url is None:
             self.redis_server = LocalRedisServer().start()
             redis_url = self.redis_server.url
@@ -69,7 +69,7 @@ class LocalStack:
             info = init_local_ray(
                 num_call_slots=self.call_slots,
                 include_dashboard=self.dashboard,
-                namespace=self.base.ray_namespace,
+                namespace=self.base.actors.ray_namespace,
             )
             self.dashboard_url = info.get("dashboard_url")
             self._owns_ray = True
@@ -81,26 +81,21 @@ class LocalStack:
         if self.port:
             ports[0] = self.port
         archive = self.archive_path or str(Path(self._workdir) / "archive.sqlite3")
-        self.settings = self.base.model_copy(
-            update={
-                "redis_url": redis_url,
-                "public_url": f"http://127.0.0.1:{ports[0]}",
-                "acs_endpoint": self.acs.endpoint,
-                "acs_access_key": SecretStr(self.acs.access_key),
-                "acs_jwt_issuer": self.acs.issuer,
-                "acs_jwks_url": self.acs.jwks_url,
-                "acs_audience": self.acs.audience,
-                "gateway_secret": SecretStr(secrets.token_urlsafe(32)),
-                "eventgrid_secret": SecretStr(event_grid_secret),
-                "archive_path": archive,
-            }
+        self.settings = self.base.replace(
+            redis_url=redis_url,
+            public_url=f"http://127.0.0.1:{ports[0]}",
+            acs_endpoint=self.acs.endpoint,
+            acs_access_key=SecretStr(self.acs.access_key),
+            acs_jwt_issuer=self.acs.issuer,
+            acs_jwks_url=self.acs.jwks_url,
+            acs_audience=self.acs.audience,
+            gateway_secret=SecretStr(secrets.token_urlsafe(32)),
+            eventgrid_secret=SecretStr(event_grid_secret),
+            archive_path=archive,
+            spool_dir=str(Path(self._workdir) / "spool"),
         )
-        self.redis = AsyncAzureRedisManager.from_settings(self.settings)
-        self.actor_config = CallActorConfig.from_settings(
-            self.settings,
-            spool_path=str(Path(self._workdir) / "spool.jsonl"),
-            **self.actor_overrides,
-        )
+        self.redis = AsyncAzureRedisManager.from_settings(self.settings.storage)
+        self.actor_config = CallActorConfig.from_settings(self.settings, **self.actor_overrides)
         for i, port in enumerate(ports):
             await self.start_replica(f"gw-{i}", port)
         return self
@@ -110,11 +105,8 @@ class LocalStack:
     ) -> Replica:
         """Start one more gateway replica sharing Redis, Ray and the gateway secret."""
         assert self.settings is not None and self.redis is not None and self.actor_config
-        settings = self.settings.model_copy(
-            update={
-                "replica_id": replica_id,
-                "public_url": public_url or f"http://127.0.0.1:{port}",
-            }
+        settings = self.settings.replace(
+            replica_id=replica_id, public_url=public_url or f"http://127.0.0.1:{port}"
         )
         gateway = build_gateway(settings, self.redis, self.actor_config)
         server = uvicorn_server(create_app(gateway), "127.0.0.1", port)

@@ -1,11 +1,19 @@
-"""Gateway metrics in Prometheus form: request outcomes, refused input by reason, frames routed.
+"""Gateway metrics in Prometheus form: request outcomes and handling time, refused input by
+reason, frames routed, callback event delivery time.
 
-Labels are routes, streams and reason codes, never call ids (unbounded cardinality).
+Labels are route templates, streams and reason codes, never call ids or raw paths (unbounded
+cardinality).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette import status
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+UNMATCHED_ROUTE = "unmatched"
 
 
 class GatewayMetrics:
@@ -13,8 +21,20 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "rtvoice_gateway_requests",
-            "HTTP requests by route and status",
+            "HTTP requests by route and status; WebSockets by route and close code",
             ["route", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "rtvoice_gateway_request_seconds",
+            "HTTP request handling time by route (ACS callbacks, Event Grid, probes)",
+            ["route"],
+            registry=self.registry,
+        )
+        self.event_delivery_seconds = Histogram(
+            "rtvoice_gateway_event_delivery_seconds",
+            "Time to hand one callback event to its call actor, by outcome",
+            ["outcome"],
             registry=self.registry,
         )
         self.refused = Counter(
@@ -69,5 +89,90 @@ class GatewayMetrics:
     def frames_routed(self, stream: str, direction: str) -> float:
         return self.frames.labels(stream=stream, direction=direction)._value.get()
 
+    def request_count(self, route: str, status: int) -> float:
+        return self.requests.labels(route=route, status=str(status))._value.get()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _route(scope: Scope) -> str:
+    """The matched route's path template (the router records it in the scope), never the raw
+    path: an unknown path must not create a series."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+class RequestMetrics:
+    """Pure ASGI middleware: every HTTP request counted by route and status and timed by route;
+    every WebSocket counted by route and close code (the one the gateway sent; else the
+    caller's; 1006 if neither side closed it)."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        code = status.HTTP_500_INTERNAL_SERVER_ERROR  # if the app fails before responding
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = message["status"]
+            await send(message)
+
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = _route(scope)
+            self.metrics.request_seconds.labels(route=route).observe(time.perf_counter() - start)
+            self.metrics.requests.labels(route=route, status=str(code)).inc()
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sent: int | None = None
+        received: int | None = None
+
+        async def receive_and_note() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "websocket.disconnect" and received is None:
+                received = message.get("code", status.WS_1005_NO_STATUS_RCVD)
+            return message
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal sent
+            if sent is None:
+                sent = _close_code(message)
+            await send(message)
+
+        try:
+            await self.app(scope, receive_and_note, send_and_note)
+        except Exception:
+            if sent is None:
+                sent = status.WS_1011_INTERNAL_ERROR  # the server closes it so
+            raise
+        finally:
+            code = sent if sent is not None else received
+            if code is None:
+                code = status.WS_1006_ABNORMAL_CLOSURE
+            self.metrics.requests.labels(route=_route(scope), status=str(code)).inc()
+
+
+def _close_code(message: Message) -> int | None:
+    """The code of a close (or of an HTTP refusal of the handshake) the app sends."""
+    if message["type"] == "websocket.close":
+        code: int = message.get("code", status.WS_1000_NORMAL_CLOSURE)
+        return code
+    if message["type"] == "websocket.http.response.start":
+        refused: int = message["status"]
+        return refused
+    return None

@@ -19,13 +19,14 @@ log = logging.getLogger(__name__)
 
 
 async def serve(settings: Settings, *, host: str, port: int) -> int:
-    if not (settings.redis_url or settings.redis_host):
+    redis, ray_settings = settings.storage.redis, settings.actors
+    if not (redis.url or redis.host):
         raise ConfigError("set RTVOICE_REDIS_URL or RTVOICE_REDIS_HOST for `rtvoice serve`")
-    if settings.ray_address:
-        ray.init(address=settings.ray_address, namespace=settings.ray_namespace)
+    if ray_settings.ray_address:
+        ray.init(address=ray_settings.ray_address, namespace=ray_settings.ray_namespace)
     else:
-        init_local_ray(namespace=settings.ray_namespace)
-    redis_mgr = AsyncAzureRedisManager.from_settings(settings)
+        init_local_ray(namespace=ray_settings.ray_namespace)
+    redis_mgr = AsyncAzureRedisManager.from_settings(settings.storage)
     actor_config = CallActorConfig.from_settings(settings)
     gateway = build_gateway(settings, redis_mgr, actor_config)
     server = uvicorn_server(create_app(gateway), host, port)

@@ -22,9 +22,11 @@ from gateway.auth import EventGridAuth, JwtPolicy, JwtVerifier, SharedSecret, Ur
 from gateway.call_binding import CallBindings
 from gateway.embedded_server import EmbeddedServer
 from gateway.metrics import GatewayMetrics
+from storage.archive import open_archive
+from storage.archive_drainer import ArchiveDrainer
 from storage.keys import validate_identifier
 from storage.redis_manager import AsyncAzureRedisManager
-from storage.settings import ConfigError, Settings
+from storage.settings import AcsSettings, ConfigError, GatewaySettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +52,11 @@ def parse_connection_string(value: str) -> tuple[str, str]:
     return endpoint.rstrip("/"), key
 
 
-def acs_client(settings: Settings) -> CallAutomationClient:
-    if settings.acs_connection_string is not None:
-        endpoint, key = parse_connection_string(settings.acs_connection_string.get_secret_value())
-    elif settings.acs_endpoint and settings.acs_access_key:
-        endpoint, key = settings.acs_endpoint, settings.acs_access_key.get_secret_value()
+def acs_client(settings: AcsSettings) -> CallAutomationClient:
+    if settings.connection_string is not None:
+        endpoint, key = parse_connection_string(settings.connection_string.get_secret_value())
+    elif settings.endpoint and settings.access_key:
+        endpoint, key = settings.endpoint, settings.access_key.get_secret_value()
     else:
         raise ConfigError(
             "set RTVOICE_ACS_CONNECTION_STRING or RTVOICE_ACS_ENDPOINT + RTVOICE_ACS_ACCESS_KEY"
@@ -62,14 +64,14 @@ def acs_client(settings: Settings) -> CallAutomationClient:
     return CallAutomationClient(endpoint, AzureKeyCredential(key))
 
 
-def replica_id(settings: Settings) -> str:
+def replica_id(settings: GatewaySettings) -> str:
     value = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
     return validate_identifier(value.replace(":", "-"), "RTVOICE_REPLICA_ID")
 
 
-def url_secrets(settings: Settings) -> UrlSecrets:
-    if settings.gateway_secret is not None:
-        return UrlSecrets(settings.gateway_secret.get_secret_value().encode())
+def url_secrets(settings: GatewaySettings) -> UrlSecrets:
+    if settings.secret is not None:
+        return UrlSecrets(settings.secret.get_secret_value().encode())
     log.warning(
         "RTVOICE_GATEWAY_SECRET not set: using a random one; "
         "replicas behind one load balancer must share a secret"
@@ -78,20 +80,19 @@ def url_secrets(settings: Settings) -> UrlSecrets:
 
 
 def token_verifier(settings: Settings) -> JwtVerifier | None:
-    if not settings.acs_audience:
-        if not settings.insecure_dev:
+    acs = settings.acs
+    if not acs.audience:
+        if not settings.gateway.insecure_dev:
             raise ConfigError(
                 "RTVOICE_ACS_AUDIENCE is required (the ACS resource's immutable id): without it "
                 "ACS tokens cannot be checked; set RTVOICE_INSECURE_DEV=true for local use only"
             )
         log.warning("RTVOICE_INSECURE_DEV: ACS JWTs are not checked (URL secrets only)")
         return None
-    return JwtVerifier(
-        JwtPolicy(settings.acs_jwt_issuer, settings.acs_jwks_url, settings.acs_audience)
-    )
+    return JwtVerifier(JwtPolicy(acs.jwt_issuer, acs.jwks_url, acs.audience))
 
 
-def event_grid_auth(settings: Settings) -> EventGridAuth | None:
+def event_grid_auth(settings: GatewaySettings) -> EventGridAuth | None:
     secret = None
     if settings.eventgrid_secret is not None:
         try:
@@ -129,24 +130,31 @@ def build_gateway(
     *,
     secrets_: UrlSecrets | None = None,
 ) -> Gateway:
-    if not settings.public_url:
+    gateway = settings.gateway
+    if not gateway.public_url:
         raise ConfigError("RTVOICE_PUBLIC_URL is required: the URL at which ACS reaches us")
-    rid = replica_id(settings)
+    rid = replica_id(gateway)
     return Gateway(
         replica_id=rid,
-        public_url=settings.public_url,
+        public_url=gateway.public_url,
         redis=redis_mgr,
-        acs=acs_client(settings),
+        acs=acs_client(settings.acs),
         directory=ActorDirectory(redis_mgr, actor_config),
-        url_secrets=secrets_ or url_secrets(settings),
+        url_secrets=secrets_ or url_secrets(gateway),
         bindings=CallBindings(redis_mgr),
         verifier=token_verifier(settings),
-        event_grid_auth=event_grid_auth(settings),
+        event_grid_auth=event_grid_auth(gateway),
         metrics=GatewayMetrics(rid),
-        audio_format=settings.audio_format,
-        audio_channel_type=settings.audio_channel_type,
-        locale=settings.transcription_locale,
-        media_wait_s=settings.media_wait_s,
+        audio_format=settings.acs.audio_format,
+        audio_channel_type=settings.acs.audio_channel_type,
+        locale=settings.acs.transcription_locale,
+        media_wait_s=gateway.media_wait_s,
+        drainer=ArchiveDrainer(
+            open_archive(settings.storage),
+            redis_mgr,
+            spool_dir=settings.storage.spool_dir,
+            owner=f"{rid}-{secrets.token_hex(4)}",  # unique even if replica ids are reused
+        ),
     )
 
 

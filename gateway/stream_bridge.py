@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from starlette import status
 from starlette.websockets import WebSocket, WebSocketDisconnect
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_result,
+    stop_before_delay,
+    wait_exponential,
+)
 
 from actors.stream_protocol import FrameKind, HandshakeRefused, StreamConnection, open_stream
-from gateway import status
 from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -74,29 +82,44 @@ class StreamBridge:
         self.forwarded = 0
 
     async def connect(self, refresh: bool = False) -> None:
-        """Resolve the actor and connect, retrying with backoff until the deadline."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._deadline_s
-        delay = 0.05
-        while True:
-            endpoint = await self._resolve(self.call_id, refresh)
-            if endpoint is not None:
-                try:
-                    self._conn = await open_stream(
-                        endpoint.host, endpoint.port, endpoint.token, self.call_id, self.stream
-                    )
-                    break
-                except (OSError, TimeoutError, HandshakeRefused) as exc:
-                    log.info("stream connect to actor failed: %s", type(exc).__name__)
-            if loop.time() + delay > deadline:
-                raise ActorUnavailable("actor unreachable")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-            refresh = True
+        """Resolve the actor and connect, retrying with backoff until the deadline.
+
+        Waits 0.05 s, 0.1 s, ... up to 1 s between attempts, and gives up (ActorUnavailable)
+        rather than sleep past the deadline; CallEnded from the resolver ends it at once.
+        """
+        attempts = itertools.count()
+
+        async def attempt() -> StreamConnection | None:
+            # Every retry re-reads the endpoint: the one cached may be a dead actor's.
+            return await self._open(refresh or next(attempts) > 0)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_result(lambda conn: conn is None),
+            wait=wait_exponential(multiplier=0.05, max=1.0),
+            stop=stop_before_delay(self._deadline_s),
+        )
+        try:
+            conn: StreamConnection = await retrying(attempt)  # None is retried, never returned
+        except RetryError:
+            raise ActorUnavailable("actor unreachable") from None
+        self._conn = conn
         # Replay what arrived while disconnected, oldest first.
         while self._pending:
-            await self._conn.send_acs(self._pending.popleft())
-        self._outbound = asyncio.create_task(self._pump_outbound(self._conn))
+            await conn.send_acs(self._pending.popleft())
+        self._outbound = asyncio.create_task(self._pump_outbound(conn))
+
+    async def _open(self, refresh: bool) -> StreamConnection | None:
+        """One attempt: the connection, or None if the actor is not reachable (yet)."""
+        endpoint = await self._resolve(self.call_id, refresh)
+        if endpoint is None:
+            return None
+        try:
+            return await open_stream(
+                endpoint.host, endpoint.port, endpoint.token, self.call_id, self.stream
+            )
+        except (OSError, TimeoutError, HandshakeRefused) as exc:
+            log.info("stream connect to actor failed: %s", type(exc).__name__)
+            return None
 
     async def run(self) -> int:
         """Forward until ACS closes the socket; returns the close code the gateway should use."""
@@ -104,7 +127,7 @@ class StreamBridge:
             while True:
                 message = await self.websocket.receive()
                 if message["type"] == "websocket.disconnect":
-                    return status.WS_NORMAL_CLOSURE
+                    return status.WS_1000_NORMAL_CLOSURE
                 text = message.get("text")
                 if text is None:
                     self._metrics.refuse(self.stream, "binary_frame")
@@ -114,11 +137,11 @@ class StreamBridge:
                     continue
                 await self._forward(text)
         except WebSocketDisconnect:
-            return status.WS_NORMAL_CLOSURE
+            return status.WS_1000_NORMAL_CLOSURE
         except CallEnded:
-            return status.WS_NORMAL_CLOSURE
+            return status.WS_1000_NORMAL_CLOSURE
         except ActorUnavailable:
-            return status.WS_TRY_AGAIN_LATER
+            return status.WS_1013_TRY_AGAIN_LATER
         finally:
             await self.close()
 
@@ -159,7 +182,7 @@ class StreamBridge:
             await self.connect(refresh=True)
         except (CallEnded, ActorUnavailable) as exc:
             ended = isinstance(exc, CallEnded)
-            code = status.WS_NORMAL_CLOSURE if ended else status.WS_TRY_AGAIN_LATER
+            code = status.WS_1000_NORMAL_CLOSURE if ended else status.WS_1013_TRY_AGAIN_LATER
             with contextlib.suppress(RuntimeError, ConnectionError):
                 await self.websocket.close(code)
             raise
@@ -182,10 +205,11 @@ class StreamBridge:
 
     async def close(self) -> None:
         for task in (self._reconnecting, self._outbound):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if task is None:
+                continue
+            task.cancel()  # no-op when done; awaiting also retrieves a failed task's exception
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if self._conn is not None:
             await self._conn.close()
             self._conn = None

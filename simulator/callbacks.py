@@ -10,6 +10,13 @@ from dataclasses import dataclass
 
 import httpx
 import orjson
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_result,
+    stop_after_attempt,
+    wait_incrementing,
+)
 
 from simulator.jwt_issuer import CALLBACK_TOKEN_LIFETIME_S, JwtIssuer, TokenFault
 from simulator.script import CallbackKnobs
@@ -63,19 +70,35 @@ class CallbackSender:
         return results
 
     async def _post(self, url: str, event: Json) -> Delivery:
+        """POST one event, re-delivered ``retries`` times (0.2 s, 0.4 s, ... apart) on a 5xx or a
+        connection failure; the last status stands (None: the gateway was never reached)."""
         body = orjson.dumps([event])
-        status: int | None = None
-        for attempt in range(self._knobs.retries + 1):
-            if attempt:
-                await asyncio.sleep(RETRY_BACKOFF_S * attempt)
+
+        async def post_once() -> int | None:
             headers = {"Content-Type": "application/json"}
             headers.update(self._issuer.bearer(CALLBACK_TOKEN_LIFETIME_S, self._token_fault))
             try:
                 response = await self._http.post(url, content=body, headers=headers)
             except httpx.HTTPError:
-                status = None
-                continue
-            status = response.status_code
-            if status < 500:
-                break
+                return None
+            return response.status_code
+
+        redeliver = AsyncRetrying(
+            retry=retry_if_result(_undelivered),
+            wait=wait_incrementing(start=RETRY_BACKOFF_S, increment=RETRY_BACKOFF_S),
+            stop=stop_after_attempt(self._knobs.retries + 1),
+            retry_error_callback=_last_status,
+        )
+        status: int | None = await redeliver(post_once)
         return Delivery(str(event["type"]), str(event["id"]), status)
+
+
+def _undelivered(status: int | None) -> bool:
+    return status is None or status >= 500
+
+
+def _last_status(state: RetryCallState) -> int | None:
+    """Retries exhausted: the last attempt's status, as if there had been no retry policy."""
+    assert state.outcome is not None
+    status: int | None = state.outcome.result()
+    return status

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
 from storage.errors import ArchiveError, PayloadTooLargeError, SerializationError
-from storage.settings import Settings
+from storage.settings import StorageSettings
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -29,6 +29,8 @@ RESERVED_FIELDS: Final[frozenset[str]] = frozenset(
 )
 # Cosmos forbids these characters in an item id; ':' and whitespace are ours (part ids use ':').
 _BAD_ID = re.compile(r"[:\s/\\?#]")
+# User ids are callers' raw ids: ACS users (``8:acs:<resource>_<user>``) hold ':'.
+_BAD_USER_ID = re.compile(r"[\s/\\?#]")
 _MAX_ID_CHARS: Final[int] = 255
 
 
@@ -49,15 +51,16 @@ class ArchiveStore(Protocol):
     async def __aexit__(self, *exc: object) -> None: ...
 
 
-def validate_archive_id(value: object, what: str) -> str:
-    """Return ``value`` if it can be an archive id (and a Cosmos item id), else raise."""
+def validate_archive_id(value: object, what: str, *, user: bool = False) -> str:
+    """Return ``value`` if it can be an archive id (and a Cosmos item id), else raise.
+    ``user``: a user id, which may hold ':' (never part of a transcript part id)."""
     if not isinstance(value, str):
         raise ArchiveError(f"{what} must be a string, got {type(value).__name__}")
     if not value:
         raise ArchiveError(f"{what} must not be empty")
     if len(value) > _MAX_ID_CHARS:
         raise ArchiveError(f"{what} must be at most {_MAX_ID_CHARS} characters")
-    if _BAD_ID.search(value):
+    if (_BAD_USER_ID if user else _BAD_ID).search(value):
         raise ArchiveError(f"{what} must not contain ':', '/', '\\', '?', '#' or whitespace")
     return value
 
@@ -84,7 +87,7 @@ def prepare_profile(profile: object) -> dict[str, Any]:
     if not isinstance(profile, dict):
         raise ArchiveError("profile must be a dict")
     _check_fields(profile, "profile")
-    user_id = validate_archive_id(profile.get("user_id"), "profile user_id")
+    user_id = validate_archive_id(profile.get("user_id"), "profile user_id", user=True)
     if "id" in profile and profile["id"] != user_id:
         raise ArchiveError("profile id, when given, must equal user_id")
     item = {**profile, "id": user_id}
@@ -278,13 +281,13 @@ def strip_system_fields(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def open_archive(
-    settings: Settings, *, credential: AsyncTokenCredential | None = None
+    settings: StorageSettings, *, credential: AsyncTokenCredential | None = None
 ) -> ArchiveStore:
-    """Cosmos DB when ``cosmos_endpoint`` is set, else the embedded SQLite file. No I/O here."""
-    if settings.cosmos_endpoint:
+    """Cosmos DB when its endpoint is set, else the embedded SQLite file. No I/O here."""
+    if settings.cosmos.endpoint:
         from storage.cosmos_archive import CosmosArchive
 
-        return CosmosArchive.from_settings(settings, credential=credential)
+        return CosmosArchive.from_settings(settings.cosmos, credential=credential)
     from storage.sqlite_archive import SqliteArchive
 
     return SqliteArchive(settings.archive_path)

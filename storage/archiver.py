@@ -1,5 +1,5 @@
-"""Durable archive writes: the archive, else the Redis outbox, else a local spool file; and the
-drain that moves queued documents into the archive with backoff.
+"""Durable archive writes: the archive, else the Redis outbox, else a local spool file; and one
+drain pass that moves queued documents into the archive (archive_drainer.py runs it for good).
 
 A document leaves a queue only after the next stage accepted it (archive put, outbox add); it is
 never dropped. Puts are idempotent upserts, so a document delivered twice is still one document.
@@ -8,10 +8,8 @@ never dropped. Puts are idempotent upserts, so a document delivered twice is sti
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import random
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from storage.errors import (
     StorageError,
 )
 from storage.redis_manager import AsyncAzureRedisManager, OutboxEntry
+from storage.settings import StorageSettings
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +80,12 @@ def _parse_line(raw: bytes) -> _Queued | None:
     return _Queued(kind, document)
 
 
+def process_spool_path(settings: StorageSettings) -> Path:
+    """This process's own spool file: one writer per file (a drainer adopts it once the process
+    is dead, see archive_drainer.py)."""
+    return Path(settings.spool_dir) / f"{socket.gethostname()}-{os.getpid()}.jsonl"
+
+
 def _append_lines(path: Path, lines: list[bytes]) -> None:
     """Append and fsync: the document is on disk before the caller is told it is safe."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,18 +110,12 @@ class Archiver:
         spool_path: str | Path,
         consumer: str | None = None,
         batch_size: int = 10,
-        idle_interval_s: float = 1.0,
-        backoff_initial_s: float = 0.5,
-        backoff_max_s: float = 30.0,
     ) -> None:
         self.archive = archive
         self.redis = redis_mgr
         self.spool_path = Path(spool_path)
         self.consumer = consumer or f"archiver-{socket.gethostname()}"
         self.batch_size = batch_size
-        self.idle_interval_s = idle_interval_s
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
         self._writers: dict[str, Writer] = {
             "transcript": archive.put_transcript,
             "analytics": archive.put_analytics,
@@ -283,21 +282,3 @@ class Archiver:
                 report.rejected += 1
             done.append(entry.entry_id)
         return done, False
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Drain until ``stop`` is set: idle polling when caught up, exponential backoff when a
-        backend is down (with jitter, so several replicas do not retry in lockstep)."""
-        delay = self.backoff_initial_s
-        while not stop.is_set():
-            try:
-                blocked = (await self.drain()).blocked
-            except Exception:
-                log.exception("archive drain failed")
-                blocked = True
-            if blocked:
-                wait = delay * random.uniform(0.8, 1.2)
-                delay = min(delay * 2, self.backoff_max_s)
-            else:
-                wait, delay = self.idle_interval_s, self.backoff_initial_s
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=wait)

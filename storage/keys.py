@@ -35,6 +35,7 @@ class Component(StrEnum):
     PROFILE = "profile"
     OUTBOX = "outbox"
     ANSWER = "answer"
+    LEASE = "lease"
 
 
 # Seconds. Applied on every write that creates or refreshes a key (ARCHITECTURE.md).
@@ -96,7 +97,12 @@ class RedisKeyManager:
         return self.key(DataType.WORKER, worker_id, component)
 
     def user_key(self, user_id: str, component: Component = Component.PROFILE) -> str:
-        return self.key(DataType.USER, user_id, component)
+        """``user:{sha256(user id)}:profile``: ACS user ids (``8:acs:...``) hold ``:``, and a
+        phone number should not be readable in a key name."""
+        if not user_id:
+            raise InvalidKeyError("user id must not be empty")
+        digest = hashlib.sha256(user_id.encode("utf-8")).hexdigest()
+        return self.key(DataType.USER, digest, component)
 
     def tts_cache_key(self, voice: str, audio_format: str, text: str) -> str:
         """``cache:{sha256}:tts``: one entry per (voice, format, text), shared by all calls."""

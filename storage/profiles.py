@@ -24,7 +24,7 @@ class ProfileRepository:
         self.redis = redis_mgr
 
     async def get(self, user_id: str) -> dict[str, Any] | None:
-        validate_archive_id(user_id, "user_id")
+        validate_archive_id(user_id, "user_id", user=True)
         try:
             cached = await self.redis.get_cached_profile(user_id)
         except RedisUnavailableError as exc:

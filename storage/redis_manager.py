@@ -43,7 +43,7 @@ from storage.keys import (
     validate_identifier,
 )
 from storage.latency import LatencyRecorder
-from storage.settings import ConfigError, Settings
+from storage.settings import ConfigError, StorageSettings
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken
@@ -129,6 +129,14 @@ else
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[4])
 end
+return 1
+"""
+
+# KEYS: lease. ARGV: owner, seconds. Take a free lease or renew one's own; 1 when held.
+LEASE_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
 
@@ -403,6 +411,7 @@ class AsyncAzureRedisManager:
         self._claim_affinity = client.register_script(CLAIM_AFFINITY_LUA)
         self._owner_affinity = client.register_script(OWNER_AFFINITY_LUA)
         self._media_replica = client.register_script(MEDIA_REPLICA_LUA)
+        self._lease = client.register_script(LEASE_LUA)
 
     # -- constructors (no I/O) --
 
@@ -493,32 +502,29 @@ class AsyncAzureRedisManager:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, credential: AsyncTokenCredential | None = None
+        cls, settings: StorageSettings, *, credential: AsyncTokenCredential | None = None
     ) -> AsyncAzureRedisManager:
-        keys = RedisKeyManager(
-            settings.app_prefix, settings.environment, hash_tags=settings.redis_cluster
-        )
-        timeout = settings.redis_op_timeout_s
-        if settings.redis_url:
-            return cls.from_url(settings.redis_url, keys, op_timeout=timeout)
-        if not settings.redis_host:
+        redis = settings.redis
+        keys = RedisKeyManager(settings.app_prefix, settings.environment, hash_tags=redis.cluster)
+        if redis.url:
+            return cls.from_url(redis.url, keys, op_timeout=redis.op_timeout_s)
+        if not redis.host:
             raise ConfigError("set RTVOICE_REDIS_URL or RTVOICE_REDIS_HOST")
         owned = None
-        if settings.redis_use_entra_id and credential is None:
+        if redis.use_entra_id and credential is None:
             from azure.identity.aio import DefaultAzureCredential
 
             credential = owned = DefaultAzureCredential()
-        use_entra = settings.redis_use_entra_id
-        secret = settings.redis_access_key
+        secret = redis.access_key
         return cls.for_azure(
-            settings.redis_host,
+            redis.host,
             keys,
-            port=settings.redis_port,
-            access_key=secret.get_secret_value() if secret and not use_entra else None,
-            credential=credential if use_entra else None,
-            username=settings.redis_username,
-            cluster=settings.redis_cluster,
-            op_timeout=timeout,
+            port=redis.port,
+            access_key=secret.get_secret_value() if secret and not redis.use_entra_id else None,
+            credential=credential if redis.use_entra_id else None,
+            username=redis.username,
+            cluster=redis.cluster,
+            op_timeout=redis.op_timeout_s,
             owned_credential=owned,
         )
 
@@ -813,6 +819,13 @@ class AsyncAzureRedisManager:
         async with self._op("worker_calls"):
             members = await self._client.smembers(key)
         return {_text(m) for m in members}
+
+    async def hold_lease(self, name: str, owner: str, *, lease_s: int) -> bool:
+        """Take the named deployment-wide lease, or renew it if ``owner`` holds it already."""
+        key = self.keys.worker_key(name, Component.LEASE)
+        async with self._op("hold_lease"):
+            held = await self._lease(keys=[key], args=[owner, lease_s])
+        return bool(held)
 
     async def heartbeat_worker(
         self, replica_id: str, *, lease_s: int = AFFINITY_LEASE_SECONDS

@@ -161,7 +161,7 @@ class SqliteArchive:
         )
 
     async def get_profile(self, user_id: str) -> dict[str, Any] | None:
-        validate_archive_id(user_id, "user_id")
+        validate_archive_id(user_id, "user_id", user=True)
         row = await self._run(
             lambda c: c.execute(
                 "SELECT body FROM user_profiles WHERE user_id = ?", (user_id,)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from storage.keys import RedisKeyManager
 from storage.local_redis import LocalRedisServer
+from storage.redis_manager import AsyncAzureRedisManager
+from tests.helpers import REDIS_OP_TIMEOUT_S
 from tests.servers import EMULATOR_KEY, CosmosEmulator
 
 
@@ -30,6 +32,17 @@ def redis_url(redis_server: LocalRedisServer) -> str:
 def key_manager() -> RedisKeyManager:
     """A key manager with a unique environment per test, so tests never share keys."""
     return RedisKeyManager(app_prefix="rtvoice", environment=f"t{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+async def redis_mgr(
+    redis_url: str, key_manager: RedisKeyManager
+) -> AsyncIterator[AsyncAzureRedisManager]:
+    """A manager on the session redis-server with this test's keys (closed after the test)."""
+    async with AsyncAzureRedisManager.from_url(
+        redis_url, key_manager, op_timeout=REDIS_OP_TIMEOUT_S
+    ) as manager:
+        yield manager
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import ray
 
 from actors.activation import actor_options, get_call_actor, get_or_activate
 from actors.cluster import list_call_actors
 from actors.config import CallActorConfig
 from storage.keys import RedisKeyManager
+from storage.settings import Settings
 
 DRIVER = """
 import sys, time, pickle, ray
@@ -30,25 +32,29 @@ print("RESULT", handle._actor_id.hex(), endpoint["epoch"], endpoint["port"], flu
 
 
 def test_actor_options_in_one_place() -> None:
-    config = CallActorConfig(redis_url="redis://x", namespace="ns", call_slot_resource="slot")
+    config = CallActorConfig.from_settings(
+        Settings(), redis_url="redis://x", ray_namespace="ns", call_slot_resource="slot"
+    )
     opts = actor_options("call-1", config)
     assert opts["name"] == "call-1" and opts["namespace"] == "ns"
     assert opts["lifetime"] == "detached" and opts["get_if_exists"] is True
     assert opts["max_restarts"] > 0 and opts["resources"] == {"slot": 1}
 
 
+@pytest.mark.slow  # local Ray and two driver processes
 def test_two_drivers_racing_get_one_actor(
     ray_cluster: dict[str, Any], redis_url: str, key_manager: RedisKeyManager, tmp_path: Path
 ) -> None:
     import pickle
 
     namespace = str(ray_cluster["namespace"])
-    config = CallActorConfig(
+    config = CallActorConfig.from_settings(
+        Settings(),
         redis_url=redis_url,
         environment=key_manager.environment,
         archive_path=str(tmp_path / "archive.sqlite3"),
-        spool_path=str(tmp_path / "spool.jsonl"),
-        namespace=namespace,
+        spool_dir=str(tmp_path / "spool"),
+        ray_namespace=namespace,
     )
     config_path = tmp_path / "config.pickle"
     config_path.write_bytes(pickle.dumps(config))

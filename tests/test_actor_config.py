@@ -1,13 +1,14 @@
 import pickle
 
 import pytest
+from pydantic import SecretStr
 
 from actors.config import CallActorConfig
-from storage.settings import load_settings
+from storage.settings import Settings, load_settings
 
 
 def test_defaults_frame_size_and_pickling() -> None:
-    cfg = CallActorConfig(redis_url="redis://127.0.0.1:1/0")
+    cfg = CallActorConfig.from_settings(Settings(redis_url="redis://127.0.0.1:1/0"))
     assert cfg.frame_bytes == 640 and cfg.sample_rate == 16000
     assert cfg.with_changes(audio_format="pcm24KMono").frame_bytes == 960
     assert pickle.loads(pickle.dumps(cfg)) == cfg
@@ -15,25 +16,47 @@ def test_defaults_frame_size_and_pickling() -> None:
 
 def test_validation() -> None:
     with pytest.raises(ValueError):
-        CallActorConfig(redis_url=None)
+        CallActorConfig(Settings())
     with pytest.raises(ValueError):
-        CallActorConfig(redis_url="redis://x", max_restarts=0)
+        CallActorConfig(Settings(redis_url="redis://x"), max_restarts=0)
     with pytest.raises(ValueError):
-        CallActorConfig(redis_url="redis://x", speaker="acs")
+        CallActorConfig(Settings(redis_url="redis://x"), speaker="acs")
 
 
-def test_from_settings_and_back() -> None:
+def test_the_whole_settings_tree_reaches_the_actor() -> None:
+    """Entra ID Cosmos settings (no key) arrive as read, with knobs and settings changed by name;
+    paths are made absolute for workers whose working directory differs."""
     settings = load_settings(
         {
             "RTVOICE_REDIS_URL": "redis://h:1/0",
             "RTVOICE_ENVIRONMENT": "stage",
             "RTVOICE_COSMOS_ENDPOINT": "https://cosmos.example",
-            "RTVOICE_COSMOS_KEY": "k",
+            "RTVOICE_COSMOS_USE_ENTRA_ID": "true",
             "RTVOICE_CALL_IDLE_TIMEOUT_S": "9",
         }
     )
     cfg = CallActorConfig.from_settings(settings, ring_seconds=2.0)
-    assert cfg.environment == "stage" and cfg.idle_timeout_s == 9 and cfg.ring_seconds == 2.0
-    back = cfg.storage_settings()
-    assert back.cosmos_key is not None and back.cosmos_key.get_secret_value() == "k"
-    assert back.redis_url == "redis://h:1/0" and back.environment == "stage"
+    shipped = pickle.loads(pickle.dumps(cfg))  # as Ray hands it to the worker
+    assert shipped.storage.cosmos.use_entra_id and shipped.storage.cosmos.key is None
+    assert shipped.storage.environment == "stage" and shipped.idle_timeout_s == 9
+    assert shipped.ring_seconds == 2.0
+    assert shipped.storage.archive_path.startswith("/")
+    assert shipped.with_changes(call_idle_timeout_s=3).idle_timeout_s == 3
+
+
+def test_no_secret_in_any_repr() -> None:
+    secrets = {
+        "redis_access_key": "redis-secret-1",
+        "cosmos_key": "cosmos-secret-2",
+        "acs_access_key": "acs-secret-3",
+        "acs_connection_string": "endpoint=https://x;accesskey=acs-secret-4",
+        "gateway_secret": "gateway-secret-5",
+        "eventgrid_secret": "eventgrid-secret-6",
+    }
+    settings = Settings(redis_url="redis://h", **{k: SecretStr(v) for k, v in secrets.items()})
+    cfg = CallActorConfig.from_settings(settings)
+    shown = " ".join(
+        [repr(settings), str(settings), repr(cfg), repr(settings.flat()), repr(cfg.storage)]
+    )
+    for value in secrets.values():
+        assert value.rsplit("=", 1)[-1] not in shown

@@ -3,10 +3,9 @@ metrics. The actor runs in-process here (no Ray), on a real Redis and the embedd
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,8 +18,9 @@ from actors.call_actor import CallActor
 from actors.config import CallActorConfig
 from actors.stream_server import ServerConnection
 from storage.keys import RedisKeyManager
-from storage.redis_manager import AsyncAzureRedisManager
+from storage.settings import Settings
 from storage.sqlite_archive import SqliteArchive
+from tests.helpers import eventually
 
 CALLER = "4:+14255550123"
 
@@ -62,33 +62,18 @@ def feed(actor: CallActor, *messages: str) -> None:
         actor.on_message(cast(ServerConnection, None), raw.encode())
 
 
-async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            result = check()
-            if await result if isinstance(result, Awaitable) else result:
-                return
-            await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 def config(redis_url: str, key_manager: RedisKeyManager, tmp_path: Path) -> CallActorConfig:
-    return CallActorConfig(
+    return CallActorConfig.from_settings(
+        Settings(),
         redis_url=redis_url,
         environment=key_manager.environment,
         archive_path=str(tmp_path / "archive.sqlite3"),
-        spool_path=str(tmp_path / "spool.jsonl"),
-        idle_timeout_s=60.0,
+        spool_dir=str(tmp_path / "spool"),
+        call_idle_timeout_s=60.0,
         checkpoint_interval_s=0.1,
         heartbeat_interval_s=0.2,
     )
-
-
-@pytest.fixture
-async def redis_mgr(redis_url: str, key_manager: RedisKeyManager) -> AsyncIterator[Any]:
-    mgr = AsyncAzureRedisManager.from_url(redis_url, key_manager)
-    yield mgr
-    await mgr.close()
 
 
 @pytest.fixture
@@ -102,7 +87,10 @@ async def actor(config: CallActorConfig) -> AsyncIterator[CallActor]:
 
 def bare_actor(**changes: Any) -> CallActor:
     """An actor never activated: enough for the per-message path, which touches no storage."""
-    return CallActor("call-bare", CallActorConfig(redis_url="redis://unused", **changes))
+    return CallActor(
+        "call-bare",
+        CallActorConfig.from_settings(Settings(), redis_url="redis://unused", **changes),
+    )
 
 
 def loops_alive(actor: CallActor) -> bool:
@@ -120,7 +108,7 @@ async def assert_ended_cleanly(
     assert await redis_mgr.get_affinity(actor.call_id) is None
     summary = await redis_mgr.get_call_summary(actor.call_id)
     assert summary is not None and summary["archived_to"] == "archive"
-    archive = SqliteArchive(config.archive_path)
+    archive = SqliteArchive(config.storage.archive_path)
     try:
         doc = await archive.get_transcript(actor.call_id)
     finally:

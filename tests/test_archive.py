@@ -26,19 +26,8 @@ from storage.errors import (
 from storage.local_redis import free_port
 from storage.settings import ConfigError, load_settings
 from storage.sqlite_archive import SqliteArchive
+from tests.helpers import cosmos_settings, transcript
 from tests.servers import CosmosEmulator
-
-
-def cosmos_settings(emulator: CosmosEmulator, key: str) -> dict[str, str]:
-    """Environment for an archive on the emulator, in a database of its own."""
-    if not emulator.running:  # a fault test may have stopped it
-        emulator.start()
-    return {
-        "RTVOICE_COSMOS_ENDPOINT": emulator.endpoint,
-        "RTVOICE_COSMOS_KEY": key,
-        "RTVOICE_COSMOS_VERIFY_TLS": "false",
-        "RTVOICE_COSMOS_DATABASE": f"t{uuid.uuid4().hex[:12]}",
-    }
 
 
 @pytest.fixture(params=["sqlite", "cosmos"])
@@ -49,22 +38,8 @@ async def archive(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         env = cosmos_settings(
             request.getfixturevalue("cosmos_emulator"), request.getfixturevalue("cosmos_key")
         )
-    async with open_archive(load_settings(env)) as store:
+    async with open_archive(load_settings(env).storage) as store:
         yield store
-
-
-def transcript(call_id: str, turns: int, *, text_bytes: int = 40, **meta: Any) -> dict[str, Any]:
-    body = "é" * (text_bytes // 2)  # non-ASCII: its escaped form is larger than its UTF-8
-    return {
-        "call_id": call_id,
-        "started_at": 1000.0,
-        "ended_at": meta.pop("ended_at", 2000.0),
-        "turns": [
-            {"seq": i + 1, "role": "user" if i % 2 else "assistant", "text": f"{i}:{body}"}
-            for i in range(turns)
-        ],
-        **meta,
-    }
 
 
 def new_id(prefix: str = "call") -> str:
@@ -199,7 +174,7 @@ async def test_cosmos_parts_fit_the_item_limit_and_stale_parts_are_removed(
     cosmos_emulator: CosmosEmulator, cosmos_key: str
 ) -> None:
     settings = load_settings(cosmos_settings(cosmos_emulator, cosmos_key))
-    async with CosmosArchive.from_settings(settings) as store:
+    async with CosmosArchive.from_settings(settings.storage.cosmos) as store:
         call_id = new_id()
         await store.put_transcript(transcript(call_id, 2500, text_bytes=2000))
         container = await store._container(TRANSCRIPTS)
@@ -228,7 +203,7 @@ async def test_unreachable_cosmos_raises_unavailable() -> None:
             "RTVOICE_COSMOS_VERIFY_TLS": "false",
         }
     )
-    async with open_archive(settings) as store:
+    async with open_archive(settings.storage) as store:
         with pytest.raises(ArchiveUnavailableError):
             await store.put_transcript(transcript(new_id(), 1))
 
@@ -242,14 +217,16 @@ async def test_unusable_sqlite_path_raises_unavailable(tmp_path: Path) -> None:
 
 
 def test_open_archive_picks_the_backend(tmp_path: Path) -> None:
-    sqlite = open_archive(load_settings({"RTVOICE_ARCHIVE_PATH": str(tmp_path / "a.db")}))
+    sqlite = open_archive(load_settings({"RTVOICE_ARCHIVE_PATH": str(tmp_path / "a.db")}).storage)
     assert isinstance(sqlite, SqliteArchive)
     cosmos = open_archive(
-        load_settings({"RTVOICE_COSMOS_ENDPOINT": "https://x.example", "RTVOICE_COSMOS_KEY": "k"})
+        load_settings(
+            {"RTVOICE_COSMOS_ENDPOINT": "https://x.example", "RTVOICE_COSMOS_KEY": "k"}
+        ).storage
     )
     assert isinstance(cosmos, CosmosArchive)
     with pytest.raises(ConfigError, match="key"):
-        open_archive(load_settings({"RTVOICE_COSMOS_ENDPOINT": "https://x.example"}))
+        open_archive(load_settings({"RTVOICE_COSMOS_ENDPOINT": "https://x.example"}).storage)
 
 
 # Pure layout

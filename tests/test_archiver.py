@@ -15,15 +15,15 @@ from typing import Any
 import orjson
 import pytest
 
+from storage.archive_drainer import ArchiveDrainer
 from storage.archiver import Archiver, Destination
 from storage.cosmos_archive import CosmosArchive
 from storage.errors import ArchiveError
-from storage.keys import RedisKeyManager
 from storage.local_redis import LocalRedisServer
 from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import load_settings
+from tests.helpers import cosmos_settings, transcript
 from tests.servers import CosmosEmulator
-from tests.test_archive import cosmos_settings, transcript
 
 
 @pytest.fixture
@@ -39,16 +39,8 @@ def servers(
 @pytest.fixture
 async def archive(cosmos_emulator: CosmosEmulator, cosmos_key: str) -> AsyncIterator[CosmosArchive]:
     settings = load_settings(cosmos_settings(cosmos_emulator, cosmos_key))
-    async with CosmosArchive.from_settings(settings) as store:
+    async with CosmosArchive.from_settings(settings.storage.cosmos) as store:
         yield store
-
-
-@pytest.fixture
-async def redis_mgr(
-    redis_url: str, key_manager: RedisKeyManager
-) -> AsyncIterator[AsyncAzureRedisManager]:
-    async with AsyncAzureRedisManager.from_url(redis_url, key_manager, op_timeout=1.0) as mgr:
-        yield mgr
 
 
 @pytest.fixture
@@ -58,9 +50,6 @@ def archiver(archive: CosmosArchive, redis_mgr: AsyncAzureRedisManager, tmp_path
         redis_mgr,
         spool_path=tmp_path / "spool.jsonl",
         consumer="test-archiver",
-        idle_interval_s=0.05,
-        backoff_initial_s=0.05,
-        backoff_max_s=0.5,
     )
 
 
@@ -81,6 +70,7 @@ async def test_archive_up_writes_directly(archiver: Archiver, archive: CosmosArc
     assert await archiver.drain_once() == 0
 
 
+@pytest.mark.slow  # stops and restarts the Cosmos emulator
 async def test_cosmos_down_goes_to_outbox_then_drains(
     servers: tuple[CosmosEmulator, LocalRedisServer],
     archiver: Archiver,
@@ -106,6 +96,7 @@ async def test_cosmos_down_goes_to_outbox_then_drains(
     assert await archiver.drain_once() == 0
 
 
+@pytest.mark.slow  # stops and restarts the Cosmos emulator
 async def test_cosmos_and_redis_down_spool_then_drain(
     servers: tuple[CosmosEmulator, LocalRedisServer],
     archiver: Archiver,
@@ -137,6 +128,7 @@ async def test_cosmos_and_redis_down_spool_then_drain(
     assert await archive.list_analytics(doc["call_id"]) == [record]
 
 
+@pytest.mark.slow  # stops and restarts the Cosmos emulator
 async def test_spool_drains_straight_to_the_archive(
     servers: tuple[CosmosEmulator, LocalRedisServer],
     archiver: Archiver,
@@ -155,18 +147,23 @@ async def test_spool_drains_straight_to_the_archive(
     assert await archive.get_transcript(doc["call_id"]) == doc
 
 
-async def test_run_loop_drains_when_cosmos_returns(
+@pytest.mark.slow  # stops and restarts the Cosmos emulator
+async def test_the_drainer_archives_when_cosmos_returns(
     servers: tuple[CosmosEmulator, LocalRedisServer],
     archiver: Archiver,
     archive: CosmosArchive,
     redis_mgr: AsyncAzureRedisManager,
+    tmp_path: Path,
 ) -> None:
     emulator, _ = servers
     doc = new_transcript()
     emulator.stop()
     assert await archiver.submit_transcript(doc) is Destination.OUTBOX
     stop = asyncio.Event()
-    task = asyncio.create_task(archiver.run(stop))
+    drainer = ArchiveDrainer(
+        archive, redis_mgr, spool_dir=tmp_path, owner="t", idle_interval_s=0.05, backoff_max_s=0.5
+    )
+    task = asyncio.create_task(drainer.run(stop))
     try:
         await asyncio.sleep(0.5)  # a few failed passes while down
         assert await redis_mgr.outbox_length() == 1

@@ -8,7 +8,7 @@ import itertools
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,11 @@ from actors.stream_protocol import (
 from storage.errors import StaleEpochError
 from storage.keys import RedisKeyManager
 from storage.local_redis import LocalRedisServer
-from storage.redis_manager import AsyncAzureRedisManager
+from storage.settings import Settings
 from storage.sqlite_archive import SqliteArchive
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.slow  # every test runs call actors in local Ray
 
 CALLER = "+14255550123"
 FRAME = 640  # 20 ms at 16 kHz
@@ -84,12 +87,6 @@ def incoming() -> dict[str, Any]:
     }
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.05)
-
-
 async def info(handle: Any) -> dict[str, Any]:
     return await handle.info.remote()  # type: ignore[no-any-return]
 
@@ -138,28 +135,22 @@ def new_call(call_ids: list[str]) -> str:
 def config(
     redis_url: str, key_manager: RedisKeyManager, ray_cluster: dict[str, Any], tmp_path: Path
 ) -> CallActorConfig:
-    return CallActorConfig(
+    return CallActorConfig.from_settings(
+        Settings(),
         redis_url=redis_url,
         environment=key_manager.environment,
         archive_path=str(tmp_path / "archive.sqlite3"),
-        spool_path=str(tmp_path / "spool.jsonl"),
-        idle_timeout_s=60.0,
+        spool_dir=str(tmp_path / "spool"),
+        call_idle_timeout_s=60.0,
         checkpoint_interval_s=0.3,
         heartbeat_interval_s=0.5,
-        namespace=str(ray_cluster["namespace"]),
+        ray_namespace=str(ray_cluster["namespace"]),
     )
 
 
 @pytest.fixture
-async def redis_mgr(redis_url: str, key_manager: RedisKeyManager) -> AsyncIterator[Any]:
-    mgr = AsyncAzureRedisManager.from_url(redis_url, key_manager)
-    yield mgr
-    await mgr.close()
-
-
-@pytest.fixture
 async def archive(config: CallActorConfig) -> AsyncIterator[SqliteArchive]:
-    store = SqliteArchive(config.archive_path)
+    store = SqliteArchive(config.storage.archive_path)
     yield store
     await store.close()
 
@@ -435,7 +426,9 @@ async def test_idle_actor_ends_itself_and_archives(
     config: CallActorConfig, call_ids: list[str], archive: SqliteArchive
 ) -> None:
     call_id = new_call(call_ids)
-    await aget_or_activate(call_id, config.with_changes(idle_timeout_s=1.0), incoming=incoming())
+    await aget_or_activate(
+        call_id, config.with_changes(call_idle_timeout_s=1.0), incoming=incoming()
+    )
     await eventually(lambda: gone(call_id, config.namespace))
     doc = await archive.get_transcript(call_id)
     assert doc is not None and doc["end_reason"] == "idle" and doc["turns"] == []
@@ -559,7 +552,7 @@ async def test_lifecycle_archives_to_cosmos(
     await eventually(lambda: _turns_at_least(handle, 2))
     await handle.handle_event.remote(event("CallDisconnected"))
     await eventually(lambda: gone(call_id, config.namespace))
-    store = CosmosArchive.from_settings(cosmos.storage_settings())
+    store = CosmosArchive.from_settings(cosmos.storage.cosmos)
     try:
         doc = await store.get_transcript(call_id)
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,14 +12,6 @@ from storage.errors import StorageError
 from storage.keys import RedisKeyManager
 from storage.local_redis import free_port
 from storage.redis_manager import AsyncAzureRedisManager
-
-
-@pytest.fixture
-async def redis_mgr(
-    redis_url: str, key_manager: RedisKeyManager
-) -> AsyncIterator[AsyncAzureRedisManager]:
-    async with AsyncAzureRedisManager.from_url(redis_url, key_manager, op_timeout=1.0) as mgr:
-        yield mgr
 
 
 async def test_every_replica_checks_the_binding_of_the_answering_one(

@@ -46,6 +46,7 @@ def test_transcript_of_unknown_call(
     assert "no archived transcript" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a real-time call
 def test_simulate_dispatches_and_reports_an_unreachable_gateway(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -13,7 +13,7 @@ CLUSTER_YAML = Path(__file__).resolve().parent.parent / "cluster.yaml"
 
 def test_worker_nodes_declare_the_call_slot_resource() -> None:
     config = yaml.safe_load(CLUSTER_YAML.read_text())
-    slot = Settings().call_slot_resource
+    slot = Settings().actors.call_slot_resource
     node_types = config["available_node_types"]
     head = node_types[config["head_node_type"]]
     assert head["resources"].get(slot, 0) == 0  # gateways only; calls go to workers

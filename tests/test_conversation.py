@@ -24,14 +24,6 @@ from storage.redis_manager import AsyncAzureRedisManager
 
 
 @pytest.fixture
-async def mgr(
-    redis_url: str, key_manager: RedisKeyManager
-) -> AsyncIterator[AsyncAzureRedisManager]:
-    async with AsyncAzureRedisManager.from_url(redis_url, key_manager, op_timeout=1.0) as m:
-        yield m
-
-
-@pytest.fixture
 async def mgr2(
     redis_url: str, key_manager: RedisKeyManager
 ) -> AsyncIterator[AsyncAzureRedisManager]:
@@ -59,8 +51,8 @@ def test_turn_round_trip() -> None:
         Turn.from_dict({"text": "no role"})
 
 
-async def test_new_conversation_persist_and_reload(mgr: AsyncAzureRedisManager) -> None:
-    cm = await ConversationManager.from_redis(sid(), mgr)
+async def test_new_conversation_persist_and_reload(redis_mgr: AsyncAzureRedisManager) -> None:
+    cm = await ConversationManager.from_redis(sid(), redis_mgr)
     assert (dict(cm.context), cm.history, cm.epoch, cm.dirty) == ({}, [], 0, False)
     assert await cm.persist() == 0  # nothing changed: no round trip
 
@@ -73,7 +65,7 @@ async def test_new_conversation_persist_and_reload(mgr: AsyncAzureRedisManager) 
     assert (t1.seq, t2.seq, cm.dirty, cm.pending_turns) == (1, 2, False, 0)
     assert await cm.persist() == 0
 
-    again = await ConversationManager.from_redis(cm.session_id, mgr)
+    again = await ConversationManager.from_redis(cm.session_id, redis_mgr)
     assert again.context == {"caller": "Ann", "intent": None}
     assert [t.to_dict() for t in again.history] == [t1.to_dict(), t2.to_dict()]
     assert again.history[1].meta == {"voice": "jenny"} and again.epoch == cm.epoch == 1
@@ -82,28 +74,28 @@ async def test_new_conversation_persist_and_reload(mgr: AsyncAzureRedisManager) 
 
 
 async def test_persist_sends_only_the_difference(
-    mgr: AsyncAzureRedisManager, admin: aioredis.Redis
+    redis_mgr: AsyncAzureRedisManager, admin: aioredis.Redis
 ) -> None:
-    cm = await ConversationManager.from_redis(sid(), mgr)
+    cm = await ConversationManager.from_redis(sid(), redis_mgr)
     await cm.update_context({"a": 1})
     await cm.append_to_history("user", "one")
     await cm.persist()
     # Someone else's context write: a turns-only persist must not overwrite it.
-    ctx_key = mgr.keys.conversation_key(cm.session_id, Component.CONTEXT)
+    ctx_key = redis_mgr.keys.conversation_key(cm.session_id, Component.CONTEXT)
     await admin.set(ctx_key, orjson.dumps({"schema_version": 1, "context": {"other": True}}))
     await cm.append_to_history("user", "two")
     await cm.persist()
-    snap = await mgr.load_conversation(cm.session_id)
+    snap = await redis_mgr.load_conversation(cm.session_id)
     assert snap is not None
     assert snap.context == {"other": True}
     assert [t["text"] for t in snap.turns] == ["one", "two"]
 
 
 async def test_zombie_writer_is_fenced_and_keeps_pending(
-    mgr: AsyncAzureRedisManager, mgr2: AsyncAzureRedisManager
+    redis_mgr: AsyncAzureRedisManager, mgr2: AsyncAzureRedisManager
 ) -> None:
     conv = sid()
-    old = await ConversationManager.from_redis(conv, mgr)
+    old = await ConversationManager.from_redis(conv, redis_mgr)
     await old.claim_epoch()
     await old.append_to_history("user", "before restart")
     await old.persist()
@@ -118,17 +110,17 @@ async def test_zombie_writer_is_fenced_and_keeps_pending(
 
     await new.append_to_history("assistant", "after restart")
     await new.persist()
-    snap = await mgr.load_conversation(conv)
+    snap = await redis_mgr.load_conversation(conv)
     assert snap is not None
     assert [t["text"] for t in snap.turns] == ["before restart", "after restart"]
     assert snap.context == {}
 
 
 async def test_two_managers_appending_concurrently_lose_no_turn(
-    mgr: AsyncAzureRedisManager, mgr2: AsyncAzureRedisManager
+    redis_mgr: AsyncAzureRedisManager, mgr2: AsyncAzureRedisManager
 ) -> None:
     conv = sid()
-    a = await ConversationManager.from_redis(conv, mgr)
+    a = await ConversationManager.from_redis(conv, redis_mgr)
     b = await ConversationManager.from_redis(conv, mgr2)
     n = 40
 
@@ -142,7 +134,7 @@ async def test_two_managers_appending_concurrently_lose_no_turn(
     await a.persist()
     await b.persist()
 
-    snap = await mgr.load_conversation(conv)
+    snap = await redis_mgr.load_conversation(conv)
     assert snap is not None
     texts = [t["text"] for t in snap.turns]
     assert sorted(texts) == sorted(f"{w}-{i}" for w in "ab" for i in range(n))
@@ -154,9 +146,9 @@ async def test_two_managers_appending_concurrently_lose_no_turn(
 
 
 async def test_persist_after_redis_outage_loses_nothing(
-    redis_server: LocalRedisServer, mgr: AsyncAzureRedisManager
+    redis_server: LocalRedisServer, redis_mgr: AsyncAzureRedisManager
 ) -> None:
-    cm = await ConversationManager.from_redis(sid(), mgr)
+    cm = await ConversationManager.from_redis(sid(), redis_mgr)
     await cm.append_to_history("user", "one")
     await cm.persist()
     redis_server.stop()
@@ -171,16 +163,16 @@ async def test_persist_after_redis_outage_loses_nothing(
     # The restart lost the data (no persistence): the next persist sends what is pending, sees
     # the loss and writes the whole history again.
     assert await cm.persist() == 2
-    snap = await mgr.load_conversation(cm.session_id)
+    snap = await redis_mgr.load_conversation(cm.session_id)
     assert snap is not None and [t["text"] for t in snap.turns] == ["one", "two"]
     assert snap.context == {"k": "v"}
 
 
-async def test_bad_input(mgr: AsyncAzureRedisManager) -> None:
+async def test_bad_input(redis_mgr: AsyncAzureRedisManager) -> None:
     for bad in ("", "a:b", "a b"):
         with pytest.raises(InvalidKeyError):
-            await ConversationManager.from_redis(bad, mgr)
-    cm = await ConversationManager.from_redis(sid(), mgr)
+            await ConversationManager.from_redis(bad, redis_mgr)
+    cm = await ConversationManager.from_redis(sid(), redis_mgr)
     with pytest.raises(SerializationError):
         await cm.update_context({"when": object()})
     with pytest.raises(SerializationError):
@@ -211,7 +203,7 @@ LEGACY_AGENTS = {
 
 @pytest.mark.parametrize("history", [LEGACY_LIST, LEGACY_AGENTS], ids=["list", "per-agent"])
 async def test_legacy_session_migrates_once_with_two_loaders(
-    mgr: AsyncAzureRedisManager,
+    redis_mgr: AsyncAzureRedisManager,
     mgr2: AsyncAzureRedisManager,
     admin: aioredis.Redis,
     history: object,
@@ -233,16 +225,19 @@ async def test_legacy_session_migrates_once_with_two_loaders(
             },
         )
         a, b = await asyncio.gather(
-            ConversationManager.from_redis(conv, mgr), ConversationManager.from_redis(conv, mgr2)
+            ConversationManager.from_redis(conv, redis_mgr),
+            ConversationManager.from_redis(conv, mgr2),
         )
         for cm in (a, b):
             assert cm.context == {"customer": "Ann", "authenticated": True}
             assert [t.text for t in cm.history] == expected
             assert [t.seq for t in cm.history] == list(range(1, len(expected) + 1))
         assert not await admin.exists(legacy)
-        hist_key = mgr.keys.conversation_key(conv, Component.HISTORY)
+        hist_key = redis_mgr.keys.conversation_key(conv, Component.HISTORY)
         assert await admin.llen(hist_key) == len(expected)  # migrated exactly once
-        doc = orjson.loads(await admin.get(mgr.keys.conversation_key(conv, Component.CONTEXT)))
+        doc = orjson.loads(
+            await admin.get(redis_mgr.keys.conversation_key(conv, Component.CONTEXT))
+        )
         assert doc["schema_version"] == SCHEMA_VERSION
         assert doc["migrated_from_schema"] == 0
 
@@ -250,40 +245,40 @@ async def test_legacy_session_migrates_once_with_two_loaders(
         assert [t.participant for t in a.history] == ["AuthAgent", "FraudAgent", "FraudAgent"]
 
     # A later load reads the current format; appending continues after the migrated turns.
-    c = await ConversationManager.from_redis(conv, mgr)
+    c = await ConversationManager.from_redis(conv, redis_mgr)
     turn = await c.append_to_history("user", "new")
     await c.persist()
     assert turn.seq == len(expected) + 1
 
 
 async def test_current_format_wins_over_a_stale_legacy_hash(
-    mgr: AsyncAzureRedisManager, admin: aioredis.Redis
+    redis_mgr: AsyncAzureRedisManager, admin: aioredis.Redis
 ) -> None:
     conv = sid()
-    cm = await ConversationManager.from_redis(conv, mgr)
+    cm = await ConversationManager.from_redis(conv, redis_mgr)
     await cm.append_to_history("user", "current")
     await cm.persist()
     await admin.hset(RedisKeyManager.legacy_session_key(conv), "chat_history", "[]")
-    again = await ConversationManager.from_redis(conv, mgr)
+    again = await ConversationManager.from_redis(conv, redis_mgr)
     assert [t.text for t in again.history] == ["current"]
     await admin.delete(RedisKeyManager.legacy_session_key(conv))
 
 
 async def test_history_lost_by_a_redis_restart_is_written_again(
-    mgr: AsyncAzureRedisManager, admin: aioredis.Redis
+    redis_mgr: AsyncAzureRedisManager, admin: aioredis.Redis
 ) -> None:
     session = sid()
-    cm = await ConversationManager.from_redis(session, mgr)
+    cm = await ConversationManager.from_redis(session, redis_mgr)
     await cm.claim_epoch()
     await cm.update_context({"caller": "Ada"})
     await cm.append_to_history("user", "one")
     await cm.append_to_history("assistant", "two")
     assert await cm.persist() == 1
     # A Redis restart without persistence: every key of the conversation is gone.
-    await admin.delete(*(mgr.keys.conversation_key(session, c) for c in Component))
+    await admin.delete(*(redis_mgr.keys.conversation_key(session, c) for c in Component))
     await cm.append_to_history("user", "three")
     assert await cm.persist() == 2  # the append showed the loss; the repair rewrote it all
-    snap = await mgr.load_conversation(session)
+    snap = await redis_mgr.load_conversation(session)
     assert snap is not None and snap.context == {"caller": "Ada"}
     assert [(t["seq"], t["text"]) for t in snap.turns] == [(1, "one"), (2, "two"), (3, "three")]
     assert [t.seq for t in cm.history] == [1, 2, 3]

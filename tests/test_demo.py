@@ -51,6 +51,7 @@ def test_summary_counts_turns_and_latency() -> None:
     assert not missing.ok
 
 
+@pytest.mark.slow  # the whole demo on local Ray
 async def test_demo_runs_calls_to_archived_transcripts(
     ray_cluster: dict[str, object], tmp_path: Path
 ) -> None:

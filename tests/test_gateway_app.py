@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from actors.config import CallActorConfig
 from gateway.acs_events import MAX_BODY_BYTES
+from gateway.answering import MEDIA_PATH
 from gateway.app import Gateway, create_app
 from gateway.service import build_gateway, event_grid_auth, token_verifier
 from storage.keys import RedisKeyManager
@@ -102,6 +103,7 @@ async def test_callback_without_url_secret_is_401_and_counted(gateway: Gateway) 
     assert 'rtvoice_gateway_refused_total{input="callback"' in refused
 
 
+@pytest.mark.slow  # starts local Ray
 async def test_health_readiness_and_metrics(
     gateway: Gateway, ray_cluster: dict[str, object]
 ) -> None:
@@ -114,6 +116,7 @@ async def test_health_readiness_and_metrics(
     assert "rtvoice_gateway_info" in metrics.text
 
 
+@pytest.mark.slow  # starts local Ray
 async def test_readiness_is_degraded_without_redis(
     key_manager: RedisKeyManager, ray_cluster: dict[str, object]
 ) -> None:
@@ -130,19 +133,19 @@ async def test_readiness_is_degraded_without_redis(
 
 def test_unchecked_tokens_or_webhook_need_the_insecure_dev_flag() -> None:
     secure = Settings(acs_audience="resource-id", eventgrid_secret=SecretStr(EVENT_GRID_SECRET))
-    assert token_verifier(secure) is not None and event_grid_auth(secure) is not None
+    assert token_verifier(secure) is not None and event_grid_auth(secure.gateway) is not None
     with pytest.raises(ConfigError, match="RTVOICE_ACS_AUDIENCE"):
         token_verifier(Settings())
     with pytest.raises(ConfigError, match="RTVOICE_EVENTGRID_SECRET"):
-        event_grid_auth(Settings())
+        event_grid_auth(Settings().gateway)
     with pytest.raises(ConfigError, match="RTVOICE_EVENTGRID_SECRET"):
-        event_grid_auth(Settings(eventgrid_secret=SecretStr("short")))
+        event_grid_auth(Settings(eventgrid_secret=SecretStr("short")).gateway)
     with pytest.raises(ConfigError, match="TENANT_ID"):
-        event_grid_auth(Settings(eventgrid_entra_audience="api://rtvoice"))
+        event_grid_auth(Settings(eventgrid_entra_audience="api://rtvoice").gateway)
     entra = Settings(eventgrid_entra_audience="api://rtvoice", eventgrid_entra_tenant_id="t1")
-    assert event_grid_auth(entra) is not None
+    assert event_grid_auth(entra.gateway) is not None
     dev = Settings(insecure_dev=True)
-    assert token_verifier(dev) is None and event_grid_auth(dev) is None
+    assert token_verifier(dev) is None and event_grid_auth(dev.gateway) is None
 
 
 async def test_webhook_without_its_secret_is_401_and_counted(gateway: Gateway) -> None:
@@ -152,3 +155,47 @@ async def test_webhook_without_its_secret_is_401_and_counted(gateway: Gateway) -
     assert missing.status_code == wrong.status_code == 401
     assert gateway.metrics.refused_count("event_grid", "missing_secret") == 1
     assert gateway.metrics.refused_count("event_grid", "bad_secret") == 1
+
+
+async def test_every_request_is_counted_by_route_and_status(gateway: Gateway) -> None:
+    async with _client(gateway) as client:
+        await client.get("/healthz")
+        await client.get("/healthz")
+        await client.post("/api/incoming-call", content=b"[]")
+        await client.get("/no/such/path/abc123")
+        await client.get("/api/incoming-call")  # a known route, the wrong method
+    metrics = gateway.metrics
+    assert metrics.request_count("/healthz", 200) == 2
+    assert metrics.request_count("/api/incoming-call", 401) == 1
+    assert metrics.request_count("/api/incoming-call", 405) == 1
+    assert metrics.request_count("unmatched", 404) == 1  # never the raw path
+    text = metrics.render().decode()
+    assert "abc123" not in text
+    assert 'rtvoice_gateway_request_seconds_count{route="/healthz"} 2.0' in text
+
+
+async def test_websocket_is_counted_by_its_close_code(gateway: Gateway) -> None:
+    sent: list[dict[str, object]] = []
+    inbox = [{"type": "websocket.connect"}]
+
+    async def receive() -> dict[str, object]:
+        return inbox.pop(0) if inbox else {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "websocket",
+        "path": MEDIA_PATH,
+        "raw_path": MEDIA_PATH.encode(),
+        "root_path": "",
+        "scheme": "ws",
+        "query_string": b"n=x&s=y",
+        "headers": [],
+        "client": ("127.0.0.1", 1),
+        "server": ("gw", 80),
+        "subprotocols": [],
+    }
+    await create_app(gateway)(scope, receive, send)
+    assert sent[-1] == {"type": "websocket.close", "code": 1008, "reason": ""}
+    assert gateway.metrics.request_count(MEDIA_PATH, 1008) == 1

@@ -12,7 +12,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -25,9 +25,9 @@ import orjson
 import pytest
 import pytest_asyncio
 import ray
+from starlette import status
 
 from actors.activation import get_call_actor
-from gateway import status
 from gateway.answering import CALLBACK_PATH, MEDIA_PATH, TRANSCRIPTION_PATH, websocket_base
 from gateway.cli import configure_logging
 from gateway.local_stack import LocalStack, Replica
@@ -56,8 +56,9 @@ from simulator.service import AcsStandIn
 from storage.archive import open_archive
 from storage.local_redis import LocalRedisServer, free_port
 from storage.settings import Settings
+from tests.helpers import eventually as poll_until
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 FMT = AudioFormat(16_000)  # the gateway's default pcm16KMono
 PITCH_TOLERANCE_HZ = 4.0  # voices are 15 Hz apart; the pitch wobble spreads a peak by ~1.3 Hz
@@ -66,10 +67,7 @@ ANSWERED = "rtvoice_gateway_calls_answered_total"
 LIVE_TIMEOUT_S = 60.0  # generous: the machine is shared and actor processes start cold
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = LIVE_TIMEOUT_S) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.1)
+eventually = partial(poll_until, timeout=LIVE_TIMEOUT_S, interval=0.1)
 
 
 def participant(script: CallerScript) -> str:
@@ -93,7 +91,7 @@ def caller(number: str, voice: int, lines: list[str], **fields: Any) -> CallerSc
 
 async def archived_transcript(settings: Settings, call_id: str) -> dict[str, Any]:
     """The archived transcript, once the actor has written it (after CallDisconnected)."""
-    async with open_archive(settings) as archive:
+    async with open_archive(settings.storage) as archive:
         doc: dict[str, Any] | None = None
 
         async def archived() -> bool:
@@ -302,7 +300,7 @@ async def test_duplicated_and_reordered_callbacks_are_handled_once(harness: Harn
     participants = [p["raw_id"] for p in doc["metadata"]["participants"]]
     assert participant(script) in participants  # ParticipantsUpdated before CallConnected
     actions: list[str] = []
-    async with open_archive(harness.settings()) as archive:
+    async with open_archive(harness.settings().storage) as archive:
 
         async def audited() -> bool:  # audit entries are written just after the transcript
             entries = await archive.list_audit(report.call_connection_id)
@@ -338,7 +336,8 @@ async def test_callbacks_with_bad_tokens_are_refused_and_change_nothing(
 
     for report, reason in zip(reports, faults.values(), strict=True):
         assert report.answered and report.ok, report.unexpected
-        assert report.events == [] and set(report.callback_statuses) == {status.HTTP_UNAUTHORIZED}
+        assert report.events == []
+        assert set(report.callback_statuses) == {status.HTTP_401_UNAUTHORIZED}
         refused = metrics.refused_count("callback", reason) - before[reason]
         assert refused == len(report.callback_statuses)
     # A CallDisconnected without any Authorization header is refused as well...
@@ -354,7 +353,7 @@ async def test_callbacks_with_bad_tokens_are_refused_and_change_nothing(
             content=orjson.dumps(body),
             headers={"Content-Type": "application/json"},
         )
-    assert response.status_code == status.HTTP_UNAUTHORIZED
+    assert response.status_code == status.HTTP_401_UNAUTHORIZED
     assert metrics.refused_count("callback", "missing_token") - missing == 1
     # ...and none of the refused events reached an actor: each call is still live and unchanged.
     for report in reports:
@@ -384,7 +383,7 @@ async def test_media_socket_for_unknown_call_or_bad_token_closes_with_1008(
         before = gateway.metrics.refused_count("media", reason)
         ws = await connect_as_acs(url, unknown, token)
         await asyncio.wait_for(ws.wait_closed(), LIVE_TIMEOUT_S)
-        assert ws.close_code == status.WS_POLICY_VIOLATION
+        assert ws.close_code == status.WS_1008_POLICY_VIOLATION
         assert gateway.metrics.refused_count("media", reason) - before == 1
         assert await harness.gone(unknown.call_connection_id)  # no actor was created for it
 
@@ -578,9 +577,7 @@ def url_query(harness: Harness, call_id: str) -> str:
     return callback_uri.partition("?")[2]
 
 
-async def open_socket_as(
-    harness: Harness, path: str, query: str, ids: wire.CallIds
-) -> int | None:
+async def open_socket_as(harness: Harness, path: str, query: str, ids: wire.CallIds) -> int | None:
     """Open a WebSocket the way ACS does (good token) and return the code it was closed with."""
     url = f"{websocket_base(harness.stack.gateway_url)}{path}?{query}"
     ws = await connect_as_acs(url, ids, harness.acs.tokens.mint(MEDIA_TOKEN_LIFETIME_S))
@@ -613,22 +610,24 @@ async def test_one_calls_url_opens_no_other_call(harness: Harness) -> None:
     a_query, c_ids = url_query(harness, a), harness.acs.calls[c].ids
     before = metrics.refused_count("media", "call_mismatch")
 
-    assert await open_socket_as(harness, MEDIA_PATH, a_query, c_ids) == status.WS_POLICY_VIOLATION
+    code = await open_socket_as(harness, MEDIA_PATH, a_query, c_ids)
+    assert code == status.WS_1008_POLICY_VIOLATION
     assert metrics.refused_count("media", "call_mismatch") - before == 1
     code = await open_socket_as(harness, TRANSCRIPTION_PATH, a_query, c_ids)
-    assert code == status.WS_POLICY_VIOLATION
+    assert code == status.WS_1008_POLICY_VIOLATION
     # A's own call id with C's correlation id: the header names another call.
     a_with_c = wire.CallIds(a, "server-call", c_ids.correlation_id)
-    assert await open_socket_as(harness, MEDIA_PATH, a_query, a_with_c) == 1008
+    code = await open_socket_as(harness, MEDIA_PATH, a_query, a_with_c)
+    assert code == status.WS_1008_POLICY_VIOLATION
     assert metrics.refused_count("media", "correlation_mismatch") >= 1
 
     refused = metrics.refused_count("callback", "call_mismatch")
     now = datetime.now(UTC)
     hang_up_c = wire.cloud_event("CallDisconnected", c_ids, {}, now, str(uuid.uuid4()))
-    assert await post_callbacks(harness, a_query, [hang_up_c]) == status.HTTP_UNAUTHORIZED
+    assert await post_callbacks(harness, a_query, [hang_up_c]) == status.HTTP_401_UNAUTHORIZED
     a_ids = harness.acs.calls[a].ids
     both = [wire.cloud_event("PlayCompleted", a_ids, {}, now, str(uuid.uuid4())), hang_up_c]
-    assert await post_callbacks(harness, a_query, both) == status.HTTP_UNAUTHORIZED
+    assert await post_callbacks(harness, a_query, both) == status.HTTP_401_UNAUTHORIZED
     assert metrics.refused_count("callback", "call_mismatch") - refused == 2
     assert (await harness.info(c))["state"] == "connected"  # C was not ended by A's URL
 
@@ -661,7 +660,7 @@ async def test_unauthenticated_event_grid_posts_are_refused_and_answer_nothing(
         for query, reason in (("", "missing_secret"), ("?code=guessed", "bad_secret")):
             before = gateway.metrics.refused_count("event_grid", reason)
             response = await http.post(webhook + query, content=orjson.dumps(events))
-            assert response.status_code == status.HTTP_UNAUTHORIZED
+            assert response.status_code == status.HTTP_401_UNAUTHORIZED
             assert gateway.metrics.refused_count("event_grid", reason) - before == 1
     await asyncio.sleep(0.5)
     assert sample(harness.replica, ANSWERED) == answered
@@ -685,7 +684,7 @@ async def test_an_incoming_call_context_is_answered_once(harness: Harness) -> No
     async with httpx.AsyncClient(trust_env=False) as http:
         for _ in range(3):
             response = await http.post(webhook, content=orjson.dumps(events))
-            assert response.status_code == status.HTTP_OK
+            assert response.status_code == status.HTTP_200_OK
 
     async def two_refused() -> bool:
         refused = gateway.metrics.refused_count("event_grid", "already_answered") - before
@@ -710,7 +709,7 @@ async def test_callbacks_for_unknown_calls_are_refused_without_actor_lookups(
         query = urlencode({"n": nonce, "s": gateway.url_secrets.sign(nonce)})
         body = [wire.cloud_event("CallConnected", ids, {}, now, str(uuid.uuid4()))]
         statuses.append(await post_callbacks(harness, query, body))
-    assert set(statuses) == {status.HTTP_UNAUTHORIZED}
+    assert set(statuses) == {status.HTTP_401_UNAUTHORIZED}
     assert gateway.metrics.refused_count("callback", "unknown_call") - before == len(unknown)
     assert gateway.directory._handles == handles
     assert await harness.gone(unknown[0].call_connection_id)
@@ -740,9 +739,9 @@ async def test_no_secret_phone_number_or_transcript_text_in_logs(
         "transcript text": "four four seven",
         "url secret": query.partition("&")[0].removeprefix("n="),
         "url signature": query.partition("&s=")[2],
-        "gateway secret": settings.gateway_secret.get_secret_value(),
-        "webhook secret": settings.eventgrid_secret.get_secret_value(),
-        "ACS key": settings.acs_access_key.get_secret_value()[:20],
+        "gateway secret": settings.gateway.secret.get_secret_value(),
+        "webhook secret": settings.gateway.eventgrid_secret.get_secret_value(),
+        "ACS key": settings.acs.access_key.get_secret_value()[:20],
     }
     worker_logs = [
         path.read_text(errors="replace")
@@ -754,3 +753,103 @@ async def test_no_secret_phone_number_or_transcript_text_in_logs(
     assert worker_logs and text.strip()
     for what, value in forbidden.items():
         assert value and value not in text, f"{what} found in the logs"
+
+
+async def test_cosmos_down_at_hang_up_the_production_drainer_archives_once(
+    harness: Harness, cosmos_emulator: Any, cosmos_key: str
+) -> None:
+    """The Cosmos emulator is stopped before the caller hangs up: the transcript goes to the
+    Redis outbox, and once Cosmos is back the gateway's own drainer (nothing calls drain here)
+    archives it, exactly once."""
+    if not cosmos_emulator.running:
+        cosmos_emulator.start()
+    base = harness.settings().replace(
+        environment=f"drain{uuid.uuid4().hex[:8]}",  # apart from the harness's own drainer
+        cosmos_endpoint=cosmos_emulator.endpoint,
+        cosmos_key=cosmos_key,
+        cosmos_verify_tls=False,
+        cosmos_database=f"drain{uuid.uuid4().hex[:8]}",
+    )
+    lines = ["please keep this line safe"]
+    script = pausing_caller("+14255550610", 16, lines, pause_s=2.5, tail_s=0.5)
+    try:
+        async with LocalStack(base=base) as stack:
+            assert stack.acs is not None and stack.settings is not None and stack.redis
+            placed = asyncio.create_task(
+                run_scenario(stack.acs, stack.gateway_url, Scenario(callers=[script]))
+            )
+
+            async def answered() -> list[str]:
+                return [i for i, call in stack.acs.calls.items() if call.script == script]
+
+            await eventually(answered)
+            call_id = (await answered())[0]
+            harness.call_ids.append(call_id)
+            await eventually(partial(harness.user_turns_at_least, call_id, 1))
+            await asyncio.to_thread(cosmos_emulator.stop)  # the archive is gone at hang-up
+            result = await placed
+            assert result.calls[0].answered and result.calls[0].ok, result.calls[0].unexpected
+
+            async def queued() -> bool:
+                summary = await stack.redis.get_call_summary(call_id)
+                return summary is not None and summary["archived_to"] == "outbox"
+
+            await eventually(queued)
+            await asyncio.to_thread(cosmos_emulator.start)
+            doc = await archived_transcript(stack.settings, call_id)
+            assert user_texts(doc) == lines and roles(doc) == ["user", "assistant"]
+
+            async def drained() -> bool:
+                return await stack.redis.outbox_length() == 0
+
+            await eventually(drained)
+    finally:
+        if not cosmos_emulator.running:
+            cosmos_emulator.start()
+
+
+async def test_events_after_call_disconnected_are_acknowledged_as_ended(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Replay finding: ACS sends MediaStreamingStopped and TranscriptionStopped after
+    CallDisconnected. They are acknowledged (200) and counted as an ended call, never delivered
+    to the ended call's (exited) actor."""
+    metrics = harness.replica.gateway.metrics
+    script = caller("+14255550620", 17, ["a short call"])
+    running = asyncio.create_task(harness.run([script]))
+    call_id = await harness.live_call(script)
+    query = url_query(harness, call_id)
+    [report] = await running
+    assert report.ok, report.unexpected
+    await harness.transcript(call_id)
+    await eventually(partial(harness.gone, call_id))
+    ids = harness.acs.calls[call_id].ids if call_id in harness.acs.calls else None
+    ids = ids or wire.CallIds(call_id, "server-call", str(uuid.uuid4()))
+    before = metrics.refused_count("callback", "ended_call")
+    # As recorded (API 2025-05): seven fractional digits, +00:00, an empty result message.
+    late = {
+        "id": str(uuid.uuid4()),
+        "source": f"calling/callConnections/{call_id}",
+        "type": "Microsoft.Communication.MediaStreamingStopped",
+        "data": {
+            "mediaStreamingUpdate": {
+                "contentType": "Audio",
+                "mediaStreamingStatus": "mediaStreamingStopped",
+                "mediaStreamingStatusDetails": "disconnected",
+            },
+            "version": "2025-05-15",
+            "resultInformation": {"code": 200, "subCode": 0, "message": ""},
+            "callConnectionId": call_id,
+            "serverCallId": ids.server_call_id,
+            "correlationId": ids.correlation_id,
+            "publicEventType": "Microsoft.Communication.MediaStreamingStopped",
+        },
+        "time": "2025-06-02T17:31:04.6151398+00:00",
+        "specversion": "1.0",
+        "datacontenttype": "application/json",
+        "subject": f"calling/callConnections/{call_id}",
+    }
+    caplog.set_level(logging.WARNING)
+    assert await post_callbacks(harness, query, [late]) == status.HTTP_200_OK
+    await eventually(lambda: metrics.refused_count("callback", "ended_call") > before)
+    assert not [r for r in caplog.records if "delivery failed" in r.getMessage()]

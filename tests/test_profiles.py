@@ -26,14 +26,6 @@ async def archive(tmp_path: Path) -> AsyncIterator[SqliteArchive]:
 
 
 @pytest.fixture
-async def redis_mgr(
-    redis_url: str, key_manager: RedisKeyManager
-) -> AsyncIterator[AsyncAzureRedisManager]:
-    async with AsyncAzureRedisManager.from_url(redis_url, key_manager) as mgr:
-        yield mgr
-
-
-@pytest.fixture
 async def raw_redis(redis_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_url)
     yield client
@@ -95,9 +87,20 @@ async def test_missing_profile_is_not_cached(
     assert await raw_redis.exists(key_manager.user_key(user_id)) == 0
 
 
+async def test_an_acs_user_callers_profile_is_read_and_cached(
+    repo: ProfileRepository, raw_redis: Redis, key_manager: RedisKeyManager
+) -> None:
+    """Replay finding: most recorded callers are ACS users, whose raw id holds ':'."""
+    user_id = f"8:acs:6b2c9e2a-1f3d-4c6b-9e1a-000000000000_{uuid.uuid4()}"
+    await repo.put({"user_id": user_id, "name": "Ada"})
+    assert (await repo.get(user_id) or {})["name"] == "Ada"
+    key = key_manager.user_key(user_id)
+    assert await raw_redis.exists(key) == 1 and user_id not in key
+
+
 async def test_bad_user_id_is_refused(repo: ProfileRepository) -> None:
     with pytest.raises(ArchiveError, match="user_id"):
-        await repo.get("a:b")
+        await repo.get("a/b")
     with pytest.raises(ArchiveError, match="user_id"):
         await repo.put({"name": "nobody"})
 

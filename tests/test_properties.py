@@ -361,20 +361,6 @@ def test_read_frame_yields_bounded_frames_or_a_known_violation(
     assert all(len(frame.payload) < max_frame_bytes for frame in frames)
 
 
-@PROPERTY
-@given(_streams, st.integers(1, 128))
-def test_frame_decoder_yields_bounded_frames_or_a_known_violation(
-    data: bytes, max_frame_bytes: int
-) -> None:
-    decoder = stream_protocol.FrameDecoder(max_frame_bytes)
-    try:
-        frames = decoder.feed(data)
-    except ProtocolViolation as exc:
-        assert exc.reason in PROTOCOL_REASONS
-        return
-    assert all(len(frame.payload) < max_frame_bytes for frame in frames)
-
-
 _payloads = (
     near_valid(HELLO_SAMPLES).map(orjson.dumps)
     | _json_values.map(orjson.dumps)

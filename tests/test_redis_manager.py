@@ -41,18 +41,9 @@ from storage.redis_manager import (
     parse_legacy_session,
 )
 from storage.settings import ConfigError, load_settings
+from tests.helpers import REDIS_OP_TIMEOUT_S
 
-OP_TIMEOUT = 1.0
-
-
-@pytest.fixture
-async def mgr(
-    redis_url: str, key_manager: RedisKeyManager
-) -> AsyncIterator[AsyncAzureRedisManager]:
-    async with AsyncAzureRedisManager.from_url(
-        redis_url, key_manager, op_timeout=OP_TIMEOUT
-    ) as manager:
-        yield manager
+OP_TIMEOUT = REDIS_OP_TIMEOUT_S  # the redis_mgr fixture's
 
 
 @pytest.fixture
@@ -76,16 +67,16 @@ async def assert_ttl(admin: aioredis.Redis, key: str, policy_s: int) -> None:
 
 
 async def test_every_key_family_gets_its_ttl(
-    mgr: AsyncAzureRedisManager, admin: aioredis.Redis
+    redis_mgr: AsyncAzureRedisManager, admin: aioredis.Redis
 ) -> None:
-    keys = mgr.keys
+    keys = redis_mgr.keys
     call, conv, user, replica = uid(), uid(), uid(), uid()
 
-    await mgr.store_call_session(call, {"state": "connected"})
+    await redis_mgr.store_call_session(call, {"state": "connected"})
     await assert_ttl(admin, keys.call_key(call, Component.SESSION), TTL_POLICIES["session_history"])
 
-    epoch = await mgr.claim_epoch(conv)
-    await mgr.checkpoint(
+    epoch = await redis_mgr.claim_epoch(conv)
+    await redis_mgr.checkpoint(
         conv, epoch=epoch, context={"a": 1}, new_turns=[{"role": "u", "text": "x"}]
     )
     ctx, hist, ep = (
@@ -96,51 +87,53 @@ async def test_every_key_family_gets_its_ttl(
     await assert_ttl(admin, hist, TTL_POLICIES["session_history"])
     await assert_ttl(admin, ep, TTL_POLICIES["session_history"])
 
-    await mgr.set_auth_state(call, {"ok": True})
+    await redis_mgr.set_auth_state(call, {"ok": True})
     await assert_ttl(
         admin, keys.call_key(call, Component.AUTH), TTL_POLICIES["authentication_state"]
     )
-    await mgr.set_call_summary(call, {"turns": 3})
+    await redis_mgr.set_call_summary(call, {"turns": 3})
     await assert_ttl(admin, keys.call_key(call, Component.SUMMARY), TTL_POLICIES["call_summary"])
-    await mgr.set_tts("v", "pcm16KMono", "hello", b"\x00\x01")
+    await redis_mgr.set_tts("v", "pcm16KMono", "hello", b"\x00\x01")
     await assert_ttl(
         admin, keys.tts_cache_key("v", "pcm16KMono", "hello"), TTL_POLICIES["tts_cache"]
     )
-    await mgr.set_cached_profile(user, {"user_id": user})
+    await redis_mgr.set_cached_profile(user, {"user_id": user})
     await assert_ttl(admin, keys.user_key(user), PROFILE_CACHE_SECONDS)
 
-    assert await mgr.claim_affinity(AffinityRecord(call, "10.0.0.1", 9000, "t", 1))
+    assert await redis_mgr.claim_affinity(AffinityRecord(call, "10.0.0.1", 9000, "t", 1))
     await assert_ttl(admin, keys.call_key(call, Component.AFFINITY), AFFINITY_LEASE_SECONDS)
-    await mgr.add_worker_call(replica, call)
+    await redis_mgr.add_worker_call(replica, call)
     await assert_ttl(admin, keys.worker_key(replica), AFFINITY_LEASE_SECONDS)
 
 
 async def test_checkpoint_slides_the_context_ttl(
-    mgr: AsyncAzureRedisManager, admin: aioredis.Redis
+    redis_mgr: AsyncAzureRedisManager, admin: aioredis.Redis
 ) -> None:
     conv = uid()
-    await mgr.checkpoint(conv, epoch=0, context={"a": 1}, new_turns=[{"role": "u", "text": "1"}])
-    ctx = mgr.keys.conversation_key(conv, Component.CONTEXT)
-    hist = mgr.keys.conversation_key(conv, Component.HISTORY)
+    await redis_mgr.checkpoint(
+        conv, epoch=0, context={"a": 1}, new_turns=[{"role": "u", "text": "1"}]
+    )
+    ctx = redis_mgr.keys.conversation_key(conv, Component.CONTEXT)
+    hist = redis_mgr.keys.conversation_key(conv, Component.HISTORY)
     await admin.expire(ctx, 5)
     await admin.expire(hist, 5)
     # No context change, no turns: still refreshes both TTLs (sliding).
-    assert await mgr.checkpoint(conv, epoch=0, context=None, new_turns=[]) == 1
+    assert await redis_mgr.checkpoint(conv, epoch=0, context=None, new_turns=[]) == 1
     await assert_ttl(admin, ctx, TTL_POLICIES["conversation_context"])
     await assert_ttl(admin, hist, TTL_POLICIES["session_history"])
 
 
 async def test_heartbeat_renews_the_worker_lease(
-    mgr: AsyncAzureRedisManager, admin: aioredis.Redis
+    redis_mgr: AsyncAzureRedisManager, admin: aioredis.Redis
 ) -> None:
     replica = uid()
-    await mgr.add_worker_call(replica, "c1")
-    await mgr.add_worker_call(replica, "c2")
-    await admin.expire(mgr.keys.worker_key(replica), 3)
-    await mgr.heartbeat_worker(replica)
-    await assert_ttl(admin, mgr.keys.worker_key(replica), AFFINITY_LEASE_SECONDS)
-    await mgr.remove_worker_call(replica, "c1")
-    assert await mgr.worker_calls(replica) == {"c2"}
+    await redis_mgr.add_worker_call(replica, "c1")
+    await redis_mgr.add_worker_call(replica, "c2")
+    await admin.expire(redis_mgr.keys.worker_key(replica), 3)
+    await redis_mgr.heartbeat_worker(replica)
+    await assert_ttl(admin, redis_mgr.keys.worker_key(replica), AFFINITY_LEASE_SECONDS)
+    await redis_mgr.remove_worker_call(replica, "c1")
+    assert await redis_mgr.worker_calls(replica) == {"c2"}
 
 
 # --- checkpoint ----------------------------------------------------------------------------
@@ -173,18 +166,20 @@ async def test_checkpoint_is_one_round_trip(
     redis_url: str, key_manager: RedisKeyManager, admin: aioredis.Redis
 ) -> None:
     pool = BlockingConnectionPool.from_url(redis_url, connection_class=CountingConnection)
-    mgr = AsyncAzureRedisManager(aioredis.Redis.from_pool(pool), key_manager)
+    redis_mgr = AsyncAzureRedisManager(aioredis.Redis.from_pool(pool), key_manager)
     conv = uid()
     try:
-        epoch = await mgr.claim_epoch(conv)
+        epoch = await redis_mgr.claim_epoch(conv)
         # Warm up: the first call opens the connection and loads the script (NOSCRIPT, LOAD).
-        await mgr.checkpoint(conv, epoch=epoch, context={"a": 1}, new_turns=[])
+        await redis_mgr.checkpoint(conv, epoch=epoch, context={"a": 1}, new_turns=[])
 
         CountingConnection.sent.clear()
         CountingConnection.replies = 0
         before = await _command_calls(admin)
         turns = [{"role": "user", "text": f"t{i}"} for i in range(5)]
-        length = await mgr.checkpoint(conv, epoch=epoch, context={"a": 2, "b": 3}, new_turns=turns)
+        length = await redis_mgr.checkpoint(
+            conv, epoch=epoch, context={"a": 2, "b": 3}, new_turns=turns
+        )
         after = await _command_calls(admin)
 
         # Client side: one write, one reply. Server side: exactly one more EVALSHA (the other
@@ -193,7 +188,7 @@ async def test_checkpoint_is_one_round_trip(
         assert CountingConnection.sent[0].upper().count(b"EVALSHA") == 1
         assert after["cmdstat_evalsha"] - before["cmdstat_evalsha"] == 1
     finally:
-        await mgr.close()
+        await redis_mgr.close()
     assert length == 5
     async with AsyncAzureRedisManager.from_url(redis_url, key_manager) as reader:
         snap = await reader.load_conversation(conv)
@@ -205,50 +200,54 @@ async def test_checkpoint_is_one_round_trip(
 
 
 async def test_stale_epoch_is_refused_and_writes_nothing(
-    mgr: AsyncAzureRedisManager, admin: aioredis.Redis
+    redis_mgr: AsyncAzureRedisManager, admin: aioredis.Redis
 ) -> None:
     conv = uid()
-    old = await mgr.claim_epoch(conv)
-    await mgr.checkpoint(
+    old = await redis_mgr.claim_epoch(conv)
+    await redis_mgr.checkpoint(
         conv, epoch=old, context={"v": "old"}, new_turns=[{"role": "u", "text": "1"}]
     )
-    new = await mgr.claim_epoch(conv)
-    assert new == old + 1 == await mgr.current_epoch(conv)
+    new = await redis_mgr.claim_epoch(conv)
+    assert new == old + 1 == await redis_mgr.current_epoch(conv)
 
     with pytest.raises(StaleEpochError):
-        await mgr.checkpoint(
+        await redis_mgr.checkpoint(
             conv, epoch=old, context={"v": "zombie"}, new_turns=[{"role": "u", "text": "z"}]
         )
     with pytest.raises(StaleEpochError):
-        await mgr.checkpoint(conv, epoch=0, context=None, new_turns=[{"role": "u", "text": "z"}])
-    snap = await mgr.load_conversation(conv)
+        await redis_mgr.checkpoint(
+            conv, epoch=0, context=None, new_turns=[{"role": "u", "text": "z"}]
+        )
+    snap = await redis_mgr.load_conversation(conv)
     assert snap is not None
     assert snap.context == {"v": "old"}
     assert [t["text"] for t in snap.turns] == ["1"]
 
     assert (
-        await mgr.checkpoint(conv, epoch=new, context=None, new_turns=[{"role": "u", "text": "2"}])
+        await redis_mgr.checkpoint(
+            conv, epoch=new, context=None, new_turns=[{"role": "u", "text": "2"}]
+        )
         == 2
     )
-    assert await mgr.current_epoch(uid()) == 0
+    assert await redis_mgr.current_epoch(uid()) == 0
 
 
-async def test_load_of_unknown_conversation_is_none(mgr: AsyncAzureRedisManager) -> None:
-    assert await mgr.load_conversation(uid()) is None
-    assert await mgr.migrate_legacy(uid()) is None
+async def test_load_of_unknown_conversation_is_none(redis_mgr: AsyncAzureRedisManager) -> None:
+    assert await redis_mgr.load_conversation(uid()) is None
+    assert await redis_mgr.migrate_legacy(uid()) is None
 
 
 async def test_newer_schema_is_not_read_as_empty(
-    mgr: AsyncAzureRedisManager, admin: aioredis.Redis
+    redis_mgr: AsyncAzureRedisManager, admin: aioredis.Redis
 ) -> None:
     conv = uid()
-    key = mgr.keys.conversation_key(conv, Component.CONTEXT)
+    key = redis_mgr.keys.conversation_key(conv, Component.CONTEXT)
     await admin.set(key, orjson.dumps({"schema_version": 99, "context": {}}))
     with pytest.raises(SerializationError):
-        await mgr.load_conversation(conv)
+        await redis_mgr.load_conversation(conv)
     await admin.set(key, b"{not json")
     with pytest.raises(SerializationError):
-        await mgr.load_conversation(conv)
+        await redis_mgr.load_conversation(conv)
 
 
 # --- legacy migration ---------------------------------------------------------------------
@@ -284,7 +283,7 @@ def test_parse_legacy_list_and_agent_dict() -> None:
 
 
 async def test_migrate_legacy_writes_current_format_and_deletes_legacy(
-    mgr: AsyncAzureRedisManager, admin: aioredis.Redis
+    redis_mgr: AsyncAzureRedisManager, admin: aioredis.Redis
 ) -> None:
     sid = uid()
     legacy = RedisKeyManager.legacy_session_key(sid)
@@ -295,24 +294,28 @@ async def test_migrate_legacy_writes_current_format_and_deletes_legacy(
             "chat_history": orjson.dumps([{"role": "user", "content": "hello"}]),
         },
     )
-    snap = await mgr.migrate_legacy(sid)
+    snap = await redis_mgr.migrate_legacy(sid)
     assert snap is not None
     assert snap.context == {"caller": "Ann"}
     assert snap.turns[0]["text"] == "hello" and snap.turns[0]["seq"] == 1
     assert snap.schema_version == 1
     assert not await admin.exists(legacy)
-    doc = orjson.loads(await admin.get(mgr.keys.conversation_key(sid, Component.CONTEXT)))
+    doc = orjson.loads(await admin.get(redis_mgr.keys.conversation_key(sid, Component.CONTEXT)))
     assert doc["schema_version"] == 1 and doc["migrated_from_schema"] == 0
     await assert_ttl(
-        admin, mgr.keys.conversation_key(sid, Component.HISTORY), TTL_POLICIES["session_history"]
+        admin,
+        redis_mgr.keys.conversation_key(sid, Component.HISTORY),
+        TTL_POLICIES["session_history"],
     )
 
 
-async def test_corrupt_legacy_raises(mgr: AsyncAzureRedisManager, admin: aioredis.Redis) -> None:
+async def test_corrupt_legacy_raises(
+    redis_mgr: AsyncAzureRedisManager, admin: aioredis.Redis
+) -> None:
     sid = uid()
     await admin.hset(RedisKeyManager.legacy_session_key(sid), "chat_history", "[oops")
     with pytest.raises(SerializationError):
-        await mgr.migrate_legacy(sid)
+        await redis_mgr.migrate_legacy(sid)
 
 
 # --- affinity ------------------------------------------------------------------------------
@@ -322,151 +325,157 @@ def _record(call: str, epoch: int, host: str = "10.0.0.1") -> AffinityRecord:
     return AffinityRecord(call, host, 9000, f"tok{epoch}", epoch, node_id="n1", updated_at=1.5)
 
 
-async def test_affinity_compare_and_set(mgr: AsyncAzureRedisManager) -> None:
+async def test_affinity_compare_and_set(redis_mgr: AsyncAzureRedisManager) -> None:
     call = uid()
-    assert await mgr.get_affinity(call) is None
-    assert await mgr.claim_affinity(_record(call, 2))
-    assert not await mgr.claim_affinity(_record(call, 1, host="zombie"))
-    assert (await mgr.get_affinity(call)) == _record(call, 2)
-    assert await mgr.claim_affinity(_record(call, 3, host="new"))
-    got = await mgr.get_affinity(call)
+    assert await redis_mgr.get_affinity(call) is None
+    assert await redis_mgr.claim_affinity(_record(call, 2))
+    assert not await redis_mgr.claim_affinity(_record(call, 1, host="zombie"))
+    assert (await redis_mgr.get_affinity(call)) == _record(call, 2)
+    assert await redis_mgr.claim_affinity(_record(call, 3, host="new"))
+    got = await redis_mgr.get_affinity(call)
     assert got is not None and (got.host, got.epoch) == ("new", 3)
 
-    assert not await mgr.renew_affinity(call, 2)
-    assert await mgr.renew_affinity(call, 3)
-    assert not await mgr.release_affinity(call, 2)
-    assert await mgr.get_affinity(call) is not None
-    assert await mgr.release_affinity(call, 3)
-    assert await mgr.get_affinity(call) is None
-    assert not await mgr.renew_affinity(call, 3)
+    assert not await redis_mgr.renew_affinity(call, 2)
+    assert await redis_mgr.renew_affinity(call, 3)
+    assert not await redis_mgr.release_affinity(call, 2)
+    assert await redis_mgr.get_affinity(call) is not None
+    assert await redis_mgr.release_affinity(call, 3)
+    assert await redis_mgr.get_affinity(call) is None
+    assert not await redis_mgr.renew_affinity(call, 3)
 
 
 async def test_renewing_affinity_slides_the_call_url_binding(
-    mgr: AsyncAzureRedisManager, admin: aioredis.Redis, key_manager: RedisKeyManager
+    redis_mgr: AsyncAzureRedisManager, admin: aioredis.Redis, key_manager: RedisKeyManager
 ) -> None:
     """The owner's heartbeat keeps the call's URL binding (auth) alive for as long as the call;
     a release leaves it to expire, so late callbacks of the ended call still authenticate."""
     call = uid()
     auth_key = key_manager.call_key(call, Component.AUTH)
-    await mgr.set_auth_state(call, {"nonce_sha256": "ab", "correlation_id": "c"})
+    await redis_mgr.set_auth_state(call, {"nonce_sha256": "ab", "correlation_id": "c"})
     await admin.expire(auth_key, 5)
-    assert await mgr.claim_affinity(_record(call, 1))
-    assert await mgr.renew_affinity(call, 1)
+    assert await redis_mgr.claim_affinity(_record(call, 1))
+    assert await redis_mgr.renew_affinity(call, 1)
     await assert_ttl(admin, auth_key, TTL_POLICIES["authentication_state"])
     await admin.expire(auth_key, 5)
-    assert not await mgr.renew_affinity(call, 0)  # not the owner: nothing slides
+    assert not await redis_mgr.renew_affinity(call, 0)  # not the owner: nothing slides
     assert 0 < await admin.ttl(auth_key) <= 5
-    assert await mgr.release_affinity(call, 1)
-    assert await mgr.get_auth_state(call) is not None
+    assert await redis_mgr.release_affinity(call, 1)
+    assert await redis_mgr.get_auth_state(call) is not None
 
 
-async def test_an_incoming_call_context_is_claimed_once(mgr: AsyncAzureRedisManager) -> None:
+async def test_an_incoming_call_context_is_claimed_once(redis_mgr: AsyncAzureRedisManager) -> None:
     digest = uuid.uuid4().hex
-    assert await mgr.claim_answer(digest)
-    assert not await mgr.claim_answer(digest)
-    assert await mgr.claim_answer(uuid.uuid4().hex)
+    assert await redis_mgr.claim_answer(digest)
+    assert not await redis_mgr.claim_answer(digest)
+    assert await redis_mgr.claim_answer(uuid.uuid4().hex)
 
 
-async def test_concurrent_claims_same_epoch_and_higher_wins(mgr: AsyncAzureRedisManager) -> None:
+async def test_concurrent_claims_same_epoch_and_higher_wins(
+    redis_mgr: AsyncAzureRedisManager,
+) -> None:
     call = uid()
-    results = await asyncio.gather(*(mgr.claim_affinity(_record(call, e)) for e in range(1, 9)))
-    got = await mgr.get_affinity(call)
+    results = await asyncio.gather(
+        *(redis_mgr.claim_affinity(_record(call, e)) for e in range(1, 9))
+    )
+    got = await redis_mgr.get_affinity(call)
     assert got is not None and got.epoch == 8
     assert results[-1] is True
 
 
 async def test_media_replica_keeps_lease(
-    mgr: AsyncAzureRedisManager, admin: aioredis.Redis
+    redis_mgr: AsyncAzureRedisManager, admin: aioredis.Redis
 ) -> None:
     call = uid()
-    assert not await mgr.set_media_replica(call, "gw-1")
-    await mgr.claim_affinity(_record(call, 1))
-    await admin.expire(mgr.keys.call_key(call, Component.AFFINITY), 17)
-    assert await mgr.set_media_replica(call, "gw-1")
-    got = await mgr.get_affinity(call)
+    assert not await redis_mgr.set_media_replica(call, "gw-1")
+    await redis_mgr.claim_affinity(_record(call, 1))
+    await admin.expire(redis_mgr.keys.call_key(call, Component.AFFINITY), 17)
+    assert await redis_mgr.set_media_replica(call, "gw-1")
+    got = await redis_mgr.get_affinity(call)
     assert got is not None and got.media_replica == "gw-1" and got.epoch == 1
-    assert 10 <= await admin.ttl(mgr.keys.call_key(call, Component.AFFINITY)) <= 17
-    assert await mgr.set_media_replica(call, None)
-    got = await mgr.get_affinity(call)
+    assert 10 <= await admin.ttl(redis_mgr.keys.call_key(call, Component.AFFINITY)) <= 17
+    assert await redis_mgr.set_media_replica(call, None)
+    got = await redis_mgr.get_affinity(call)
     assert got is not None and got.media_replica is None
 
 
-async def test_media_replica_of_the_newest_socket_wins(mgr: AsyncAzureRedisManager) -> None:
+async def test_media_replica_of_the_newest_socket_wins(redis_mgr: AsyncAzureRedisManager) -> None:
     call = uid()
-    await mgr.claim_affinity(_record(call, 1))
-    assert await mgr.set_media_replica(call, "gw-b", since=1_700_000_002.25)
-    assert not await mgr.set_media_replica(call, "gw-a", since=1_700_000_001.5)  # older socket
-    got = await mgr.get_affinity(call)
+    await redis_mgr.claim_affinity(_record(call, 1))
+    assert await redis_mgr.set_media_replica(call, "gw-b", since=1_700_000_002.25)
+    assert not await redis_mgr.set_media_replica(
+        call, "gw-a", since=1_700_000_001.5
+    )  # older socket
+    got = await redis_mgr.get_affinity(call)
     assert got is not None and got.media_replica == "gw-b"
-    assert await mgr.set_media_replica(call, "gw-a", since=1_700_000_003.0)
-    got = await mgr.get_affinity(call)
+    assert await redis_mgr.set_media_replica(call, "gw-a", since=1_700_000_003.0)
+    got = await redis_mgr.get_affinity(call)
     assert got is not None and got.media_replica == "gw-a"
 
 
 # --- caches, auth, summary, session ----------------------------------------------------------
 
 
-async def test_tts_binary_round_trip(mgr: AsyncAzureRedisManager) -> None:
+async def test_tts_binary_round_trip(redis_mgr: AsyncAzureRedisManager) -> None:
     pcm = bytes(range(256)) * 64
-    assert await mgr.get_tts("en-US-Jenny", "pcm16KMono", "Hello") is None
-    await mgr.set_tts("en-US-Jenny", "pcm16KMono", "Hello", pcm)
-    assert await mgr.get_tts("en-US-Jenny", "pcm16KMono", "Hello") == pcm
-    assert await mgr.get_tts("en-US-Jenny", "pcm24KMono", "Hello") is None
+    assert await redis_mgr.get_tts("en-US-Jenny", "pcm16KMono", "Hello") is None
+    await redis_mgr.set_tts("en-US-Jenny", "pcm16KMono", "Hello", pcm)
+    assert await redis_mgr.get_tts("en-US-Jenny", "pcm16KMono", "Hello") == pcm
+    assert await redis_mgr.get_tts("en-US-Jenny", "pcm24KMono", "Hello") is None
 
 
-async def test_profile_auth_summary_session(mgr: AsyncAzureRedisManager) -> None:
+async def test_profile_auth_summary_session(redis_mgr: AsyncAzureRedisManager) -> None:
     user, call = uid(), uid()
-    await mgr.set_cached_profile(user, {"user_id": user, "name": "Ann"})
-    assert await mgr.get_cached_profile(user) == {"user_id": user, "name": "Ann"}
-    await mgr.invalidate_profile(user)
-    assert await mgr.get_cached_profile(user) is None
+    await redis_mgr.set_cached_profile(user, {"user_id": user, "name": "Ann"})
+    assert await redis_mgr.get_cached_profile(user) == {"user_id": user, "name": "Ann"}
+    await redis_mgr.invalidate_profile(user)
+    assert await redis_mgr.get_cached_profile(user) is None
 
-    assert await mgr.get_auth_state(call) is None
-    await mgr.set_auth_state(call, {"verified": True, "attempts": 1})
-    assert await mgr.get_auth_state(call) == {"verified": True, "attempts": 1}
+    assert await redis_mgr.get_auth_state(call) is None
+    await redis_mgr.set_auth_state(call, {"verified": True, "attempts": 1})
+    assert await redis_mgr.get_auth_state(call) == {"verified": True, "attempts": 1}
 
-    await mgr.set_call_summary(call, {"turns": 4, "outcome": "resolved"})
-    assert await mgr.get_call_summary(call) == {"turns": 4, "outcome": "resolved"}
+    await redis_mgr.set_call_summary(call, {"turns": 4, "outcome": "resolved"})
+    assert await redis_mgr.get_call_summary(call) == {"turns": 4, "outcome": "resolved"}
 
-    assert await mgr.load_call_session(call) is None
-    await mgr.store_call_session(call, {"state": "connected", "n": [1, 2]})
-    assert await mgr.load_call_session(call) == {"state": "connected", "n": [1, 2]}
+    assert await redis_mgr.load_call_session(call) is None
+    await redis_mgr.store_call_session(call, {"state": "connected", "n": [1, 2]})
+    assert await redis_mgr.load_call_session(call) == {"state": "connected", "n": [1, 2]}
 
 
 # --- outbox --------------------------------------------------------------------------------
 
 
-async def test_outbox_add_read_ack_and_redelivery(mgr: AsyncAzureRedisManager) -> None:
-    ids = [await mgr.outbox_add("transcript", {"call_id": f"c{i}", "n": i}) for i in range(3)]
-    assert await mgr.outbox_length() == 3
+async def test_outbox_add_read_ack_and_redelivery(redis_mgr: AsyncAzureRedisManager) -> None:
+    ids = [await redis_mgr.outbox_add("transcript", {"call_id": f"c{i}", "n": i}) for i in range(3)]
+    assert await redis_mgr.outbox_length() == 3
 
-    first = await mgr.outbox_read("arch-1", count=10)
+    first = await redis_mgr.outbox_read("arch-1", count=10)
     assert [e.entry_id for e in first] == ids
     assert first[0].kind == "transcript" and first[0].document == {"call_id": "c0", "n": 0}
 
     # "Crash" without ack: the same consumer gets its pending entries again, first.
-    again = await mgr.outbox_read("arch-1", count=10)
+    again = await redis_mgr.outbox_read("arch-1", count=10)
     assert [e.entry_id for e in again] == ids
     # Another consumer does not steal them.
-    assert await mgr.outbox_read("arch-2") == []
+    assert await redis_mgr.outbox_read("arch-2") == []
 
-    assert await mgr.outbox_ack(ids[:2]) == 2
-    assert [e.entry_id for e in await mgr.outbox_read("arch-1")] == ids[2:]
-    assert await mgr.outbox_ack(ids[2:]) == 1
-    assert await mgr.outbox_read("arch-1") == []
-    assert await mgr.outbox_length() == 0
-    assert await mgr.outbox_ack([]) == 0
+    assert await redis_mgr.outbox_ack(ids[:2]) == 2
+    assert [e.entry_id for e in await redis_mgr.outbox_read("arch-1")] == ids[2:]
+    assert await redis_mgr.outbox_ack(ids[2:]) == 1
+    assert await redis_mgr.outbox_read("arch-1") == []
+    assert await redis_mgr.outbox_length() == 0
+    assert await redis_mgr.outbox_ack([]) == 0
 
 
-async def test_outbox_blocking_read_gets_new_entry(mgr: AsyncAzureRedisManager) -> None:
-    assert await mgr.outbox_read("arch-1", block_ms=50) == []  # creates the group, times out
+async def test_outbox_blocking_read_gets_new_entry(redis_mgr: AsyncAzureRedisManager) -> None:
+    assert await redis_mgr.outbox_read("arch-1", block_ms=50) == []  # creates the group, times out
 
     async def add_later() -> str:
         await asyncio.sleep(0.1)
-        return await mgr.outbox_add("audit", {"id": "a1"})
+        return await redis_mgr.outbox_add("audit", {"id": "a1"})
 
     entries, entry_id = await asyncio.gather(
-        mgr.outbox_read("arch-1", block_ms=int(OP_TIMEOUT * 3000)), add_later()
+        redis_mgr.outbox_read("arch-1", block_ms=int(OP_TIMEOUT * 3000)), add_later()
     )
     assert [e.entry_id for e in entries] == [entry_id]
 
@@ -474,27 +483,27 @@ async def test_outbox_blocking_read_gets_new_entry(mgr: AsyncAzureRedisManager) 
 # --- bad input -----------------------------------------------------------------------------
 
 
-async def test_bad_input_is_typed(mgr: AsyncAzureRedisManager) -> None:
+async def test_bad_input_is_typed(redis_mgr: AsyncAzureRedisManager) -> None:
     for bad in ("", "a:b", "a b"):
         with pytest.raises(InvalidKeyError):
-            await mgr.store_call_session(bad, {})
+            await redis_mgr.store_call_session(bad, {})
         with pytest.raises(InvalidKeyError):
-            await mgr.load_conversation(bad)
+            await redis_mgr.load_conversation(bad)
         with pytest.raises(InvalidKeyError):
-            await mgr.claim_affinity(_record(bad, 1))
+            await redis_mgr.claim_affinity(_record(bad, 1))
     with pytest.raises(SerializationError):
-        await mgr.store_call_session("c1", {"when": object()})
+        await redis_mgr.store_call_session("c1", {"when": object()})
     with pytest.raises(SerializationError):
-        await mgr.checkpoint("c1", epoch=0, context={1: "non-str key"}, new_turns=[])
+        await redis_mgr.checkpoint("c1", epoch=0, context={1: "non-str key"}, new_turns=[])
     with pytest.raises(SerializationError):
-        await mgr.outbox_add("transcript", {"x": {1, 2}})
+        await redis_mgr.outbox_add("transcript", {"x": {1, 2}})
     with pytest.raises(PayloadTooLargeError):
-        await mgr.set_call_summary("c1", {"blob": "x" * (1024 * 1024 + 1)})
+        await redis_mgr.set_call_summary("c1", {"blob": "x" * (1024 * 1024 + 1)})
     with pytest.raises(PayloadTooLargeError):
-        await mgr.checkpoint(
+        await redis_mgr.checkpoint(
             "c1", epoch=0, context=None, new_turns=[{"role": "u", "text": "x" * 2_000_000}]
         )
-    assert await mgr.load_conversation("c1") is None  # nothing partial was written
+    assert await redis_mgr.load_conversation("c1") is None  # nothing partial was written
 
 
 async def test_limits_are_configurable(redis_url: str, key_manager: RedisKeyManager) -> None:
@@ -542,24 +551,26 @@ async def test_silent_server_raises_timeout(key_manager: RedisKeyManager) -> Non
 
 
 async def test_server_stop_then_recovery(
-    redis_server: LocalRedisServer, mgr: AsyncAzureRedisManager
+    redis_server: LocalRedisServer, redis_mgr: AsyncAzureRedisManager
 ) -> None:
     conv = uid()
-    await mgr.checkpoint(conv, epoch=0, context={"a": 1}, new_turns=[])
+    await redis_mgr.checkpoint(conv, epoch=0, context={"a": 1}, new_turns=[])
     redis_server.stop()
     try:
         with pytest.raises(RedisUnavailableError):
             await asyncio.wait_for(
-                mgr.checkpoint(conv, epoch=0, context={"a": 2}, new_turns=[]), OP_TIMEOUT * 10
+                redis_mgr.checkpoint(conv, epoch=0, context={"a": 2}, new_turns=[]), OP_TIMEOUT * 10
             )
         with pytest.raises(RedisUnavailableError):
-            await asyncio.wait_for(mgr.get_auth_state("c1"), OP_TIMEOUT * 10)
+            await asyncio.wait_for(redis_mgr.get_auth_state("c1"), OP_TIMEOUT * 10)
     finally:
         redis_server.start()
     # Same manager, same pool: reconnects, reloads the script (the restart flushed it).
-    assert await mgr.ping()
-    await mgr.checkpoint(conv, epoch=0, context={"a": 3}, new_turns=[{"role": "u", "text": "x"}])
-    snap = await mgr.load_conversation(conv)
+    assert await redis_mgr.ping()
+    await redis_mgr.checkpoint(
+        conv, epoch=0, context={"a": 3}, new_turns=[{"role": "u", "text": "x"}]
+    )
+    snap = await redis_mgr.load_conversation(conv)
     assert snap is not None and snap.context == {"a": 3}
 
 
@@ -643,13 +654,13 @@ async def test_entra_token_rotation_reauths_pooled_connections(
         )
     provider = EntraIdCredentialProvider(cred, clock=clock)
     client = aioredis.Redis.from_url(redis_url, credential_provider=provider)
-    async with AsyncAzureRedisManager(client, key_manager, token_provider=provider) as mgr:
+    async with AsyncAzureRedisManager(client, key_manager, token_provider=provider) as redis_mgr:
         try:
-            assert await mgr.ping()
+            assert await redis_mgr.ping()
             conn_ids = {c["id"] for c in await admin.client_list() if c["user"] == first}
             assert len(conn_ids) == 1
             clock.now += 600 - 60  # within the margin: the next op refreshes
-            assert await mgr.ping()
+            assert await redis_mgr.ping()
             users = {c["id"]: c["user"] for c in await admin.client_list()}
             assert users[next(iter(conn_ids))] == second
             assert len(cred.scopes) == 2
@@ -660,26 +671,28 @@ async def test_entra_token_rotation_reauths_pooled_connections(
 
 async def test_for_azure_access_key_uses_tls_and_password() -> None:
     keys = RedisKeyManager("rtvoice", "prod")
-    mgr = AsyncAzureRedisManager.for_azure(
+    redis_mgr = AsyncAzureRedisManager.for_azure(
         "example.redis.cache.windows.net", keys, access_key="k3y"
     )
-    pool = mgr._client.connection_pool
+    pool = redis_mgr._client.connection_pool
     assert pool.connection_class is SSLConnection
     assert pool.connection_kwargs["password"] == "k3y"
     assert pool.connection_kwargs["port"] == 6380
     assert "credential_provider" not in pool.connection_kwargs
-    await mgr.close()
+    await redis_mgr.close()
 
 
 async def test_for_azure_entra_uses_provider_and_no_password() -> None:
     keys = RedisKeyManager("rtvoice", "prod")
     cred = FakeTokenCredential(time.time)
-    mgr = AsyncAzureRedisManager.for_azure("example.redis.cache.windows.net", keys, credential=cred)
-    kwargs = mgr._client.connection_pool.connection_kwargs
+    redis_mgr = AsyncAzureRedisManager.for_azure(
+        "example.redis.cache.windows.net", keys, credential=cred
+    )
+    kwargs = redis_mgr._client.connection_pool.connection_kwargs
     assert isinstance(kwargs["credential_provider"], EntraIdCredentialProvider)
     assert kwargs.get("password") is None
     assert cred.scopes == []  # no token fetched, no I/O, until the first connection
-    await mgr.close()
+    await redis_mgr.close()
 
 
 async def test_for_azure_cluster_needs_hash_tags() -> None:
@@ -687,32 +700,32 @@ async def test_for_azure_cluster_needs_hash_tags() -> None:
         AsyncAzureRedisManager.for_azure("h", RedisKeyManager(), access_key="k", cluster=True)
     with pytest.raises(ConfigError):
         AsyncAzureRedisManager.for_azure("h", RedisKeyManager())
-    mgr = AsyncAzureRedisManager.for_azure(
+    redis_mgr = AsyncAzureRedisManager.for_azure(
         "h", RedisKeyManager(hash_tags=True), access_key="k", cluster=True
     )
-    assert isinstance(mgr._client, RedisCluster)
-    await mgr.close()
+    assert isinstance(redis_mgr._client, RedisCluster)
+    await redis_mgr.close()
 
 
 async def test_from_settings(redis_url: str) -> None:
     settings = load_settings({"RTVOICE_REDIS_URL": redis_url, "RTVOICE_ENVIRONMENT": "t1"})
-    async with AsyncAzureRedisManager.from_settings(settings) as mgr:
-        assert mgr.keys.environment == "t1"
-        assert await mgr.ping()
+    async with AsyncAzureRedisManager.from_settings(settings.storage) as redis_mgr:
+        assert redis_mgr.keys.environment == "t1"
+        assert await redis_mgr.ping()
     with pytest.raises(ConfigError):
-        AsyncAzureRedisManager.from_settings(load_settings({}))
+        AsyncAzureRedisManager.from_settings(load_settings({}).storage)
     azure = load_settings(
         {"RTVOICE_REDIS_HOST": "h.redis.cache.windows.net", "RTVOICE_REDIS_ACCESS_KEY": "k"}
     )
-    mgr = AsyncAzureRedisManager.from_settings(azure)
-    assert mgr._client.connection_pool.connection_class is SSLConnection
-    await mgr.close()
+    redis_mgr = AsyncAzureRedisManager.from_settings(azure.storage)
+    assert redis_mgr._client.connection_pool.connection_class is SSLConnection
+    await redis_mgr.close()
 
 
-async def test_latency_recorded_per_operation(mgr: AsyncAzureRedisManager) -> None:
-    await mgr.ping()
-    await mgr.get_auth_state("c1")
-    await mgr.get_auth_state("c2")
-    stats = mgr.latency.stats()
+async def test_latency_recorded_per_operation(redis_mgr: AsyncAzureRedisManager) -> None:
+    await redis_mgr.ping()
+    await redis_mgr.get_auth_state("c1")
+    await redis_mgr.get_auth_state("c2")
+    stats = redis_mgr.latency.stats()
     assert stats["get_auth_state"].count == 2 and stats["ping"].count == 1
     assert stats["get_auth_state"].p99_ms >= stats["get_auth_state"].p50_ms > 0

@@ -1,19 +1,32 @@
 import pytest
 
-from storage.settings import ConfigError, load_settings
+from storage.settings import ENV_VARS, ConfigError, Settings, load_settings
 
 
 def test_defaults_need_no_environment() -> None:
     settings = load_settings({})
-    assert settings.app_prefix == "rtvoice"
-    assert settings.redis_url is None
-    assert settings.audio_format == "pcm16KMono"
+    assert settings.storage.app_prefix == "rtvoice"
+    assert settings.storage.redis.url is None
+    assert settings.acs.audio_format == "pcm16KMono"
 
 
 def test_values_are_read_from_prefixed_variables() -> None:
-    settings = load_settings({"RTVOICE_REDIS_URL": "redis://h:1/0", "RTVOICE_REDIS_PORT": "6390"})
-    assert settings.redis_url == "redis://h:1/0"
-    assert settings.redis_port == 6390
+    settings = load_settings(
+        {"RTVOICE_REDIS_URL": "redis://h:1/0", "RTVOICE_REDIS_PORT": "6390", "RTVOICE_X": "1"}
+    )
+    assert settings.storage.redis.url == "redis://h:1/0"
+    assert settings.storage.redis.port == 6390
+
+
+def test_every_variable_has_a_place_in_the_tree_and_flat_names_round_trip() -> None:
+    settings = Settings()
+    flat = settings.flat()
+    assert set(flat) == {name.lower() for name in ENV_VARS}
+    assert Settings(**flat) == settings
+    changed = settings.replace(public_url="http://gw:1", call_idle_timeout_s=5)
+    assert changed.gateway.public_url == "http://gw:1" and changed.actors.idle_timeout_s == 5
+    with pytest.raises(ValueError, match="unknown setting"):
+        Settings(no_such_thing=1)
 
 
 def test_wrong_value_names_the_variable() -> None:
@@ -21,6 +34,8 @@ def test_wrong_value_names_the_variable() -> None:
         load_settings({"RTVOICE_REDIS_PORT": "not-a-port"})
     with pytest.raises(ConfigError, match="RTVOICE_AUDIO_FORMAT"):
         load_settings({"RTVOICE_AUDIO_FORMAT": "mp3"})
+    with pytest.raises(ConfigError, match="RTVOICE_CALL_IDLE_TIMEOUT_S"):
+        load_settings({"RTVOICE_CALL_IDLE_TIMEOUT_S": "inf"})
 
 
 def test_secret_values_do_not_appear_in_errors() -> None:

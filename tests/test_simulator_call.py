@@ -14,7 +14,9 @@ from simulator.jwt_issuer import TokenFault
 from simulator.script import CallerScript, CallFaults, MalformedKind, ScriptLine
 from simulator.service import AcsStandIn
 from simulator.wire import TICKS_PER_SECOND
-from tests.test_simulator_support import FakeGateway
+from tests.fake_gateway import FakeGateway
+
+pytestmark = pytest.mark.slow  # every test runs a whole call through the stand-in (0.5-1.7 s)
 
 LINE = "I would like to check my balance."
 

@@ -6,7 +6,7 @@ from simulator.callbacks import delivery_order
 from simulator.jwt_issuer import TokenFault
 from simulator.script import CallbackKnobs, CallerScript, CallFaults, ScriptLine
 from simulator.service import AcsStandIn
-from tests.test_simulator_support import FakeGateway
+from tests.fake_gateway import FakeGateway
 
 SHORT = CallerScript(lines=[ScriptLine(pause_s=0.1)], lead_in_s=0.0, tail_s=0.0)
 

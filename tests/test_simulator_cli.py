@@ -22,7 +22,7 @@ from simulator.cli import (
 from simulator.jwt_issuer import ACS_ISSUER
 from simulator.report import CallReport
 from simulator.scenario import ScenarioReport
-from tests.test_simulator_support import FakeGateway
+from tests.fake_gateway import FakeGateway
 
 
 @dataclass

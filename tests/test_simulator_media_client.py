@@ -19,7 +19,9 @@ from simulator.audio import (
 )
 from simulator.script import CallerScript, ScriptLine
 from simulator.service import AcsStandIn
-from tests.test_simulator_support import FakeGateway
+from tests.fake_gateway import FakeGateway
+
+pytestmark = pytest.mark.slow  # real-time paced audio, ~1.5 s per test
 
 SHORT = CallerScript(lines=[ScriptLine(say="Hi there.")], lead_in_s=0.1, tail_s=0.1)
 

@@ -15,7 +15,8 @@ from azure.core.exceptions import HttpResponseError
 
 from simulator.script import CallerScript, ScriptLine
 from simulator.service import AcsStandIn
-from tests.test_simulator_support import FakeGateway, eventually
+from tests.fake_gateway import FakeGateway
+from tests.helpers import eventually
 
 APP_HANGS_UP = CallerScript(
     lines=[ScriptLine(say="Hello there.")],
@@ -26,6 +27,7 @@ APP_HANGS_UP = CallerScript(
 )
 
 
+@pytest.mark.slow  # a real-time call
 async def test_real_sdk_answers_plays_and_hangs_up() -> None:
     async with AcsStandIn() as acs, FakeGateway(acs) as gateway:
         call = asyncio.create_task(acs.place_call(gateway.url, APP_HANGS_UP))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from starlette.websockets import WebSocket
 
 from simulator import wire
@@ -12,7 +13,7 @@ from simulator.report import CallReport
 from simulator.scenario import Scenario, run_scenario
 from simulator.script import CallerScript, ScriptLine
 from simulator.service import AcsStandIn
-from tests.test_simulator_support import FakeGateway
+from tests.fake_gateway import FakeGateway
 
 
 def test_reused_scripts_get_distinct_callers_and_voices() -> None:
@@ -36,6 +37,7 @@ def test_scenario_file_round_trip(tmp_path: Path) -> None:
     assert scenario.caller_for(1).caller == "8:acs:user-1-1"
 
 
+@pytest.mark.slow  # several real-time calls
 async def test_concurrent_callers_each_get_a_report() -> None:
     fmt = AudioFormat(16000)
 

@@ -1,7 +1,3 @@
-from typing import Any
-
-import pytest
-
 from actors.outbound_audio import OutboundQueue
 from actors.speaker import MAX_SPOKEN_CHARS, PcmSpeaker, spoken_text, synthesize
 from storage.keys import RedisKeyManager
@@ -15,13 +11,6 @@ def test_synthesize_is_deterministic_speech_like_pcm() -> None:
     assert len(a) % 2 == 0 and len(a) > 16000  # roughly half a second or more
     assert len(synthesize("hello there", "v", 24000)) > len(synthesize("hello there", "v", 16000))
     assert synthesize("   ", "v", 16000) == b""
-
-
-@pytest.fixture
-async def redis_mgr(redis_url: str, key_manager: RedisKeyManager) -> Any:
-    mgr = AsyncAzureRedisManager.from_url(redis_url, key_manager)
-    yield mgr
-    await mgr.close()
 
 
 async def test_pcm_speaker_uses_the_shared_tts_cache(redis_mgr: AsyncAzureRedisManager) -> None:

@@ -6,7 +6,6 @@ import pytest
 from actors.stream_protocol import (
     BadFrame,
     Frame,
-    FrameDecoder,
     FrameKind,
     FrameTooLarge,
     HandshakeRefused,
@@ -15,39 +14,50 @@ from actors.stream_protocol import (
     encode_hello,
     open_stream,
     parse_hello,
+    read_frame,
 )
 from actors.stream_server import ServerConnection, StreamServer
 
 
-def test_roundtrip_in_arbitrary_chunks() -> None:
+async def _read_all(data: bytes, max_frame_bytes: int = 1024, chunk: int = 7) -> list[Frame]:
+    """Every frame of ``data``, arriving ``chunk`` bytes at a time, then EOF."""
+    reader = asyncio.StreamReader()
+    for i in range(0, len(data), chunk):
+        reader.feed_data(data[i : i + chunk])
+    reader.feed_eof()
+    frames: list[Frame] = []
+    while (frame := await read_frame(reader, max_frame_bytes)) is not None:
+        frames.append(frame)
+    return frames
+
+
+async def test_roundtrip_in_arbitrary_chunks() -> None:
     data = b"".join(encode_frame(FrameKind.ACS, f"msg{i}".encode()) for i in range(50))
     data += encode_control({"op": "ping"})
-    decoder = FrameDecoder()
-    frames: list[Frame] = []
-    for i in range(0, len(data), 7):
-        frames.extend(decoder.feed(data[i : i + 7]))
+    frames = await _read_all(data)
     assert [f.text() for f in frames[:-1]] == [f"msg{i}" for i in range(50)]
     assert frames[-1].kind is FrameKind.CONTROL and frames[-1].control() == {"op": "ping"}
-    assert decoder.buffered == 0
 
 
-def test_oversized_length_is_refused_before_the_body_arrives() -> None:
-    decoder = FrameDecoder(max_frame_bytes=100)
+async def test_oversized_length_is_refused_before_the_body_arrives() -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data((101).to_bytes(4, "big"))  # no body, no EOF: nothing more is awaited
     with pytest.raises(FrameTooLarge):
-        decoder.feed((101).to_bytes(4, "big"))
+        await read_frame(reader, max_frame_bytes=100)
 
 
-def test_bad_frames() -> None:
-    with pytest.raises(BadFrame):
-        FrameDecoder().feed(b"\x00\x00\x00\x00")
-    with pytest.raises(BadFrame):
-        FrameDecoder().feed(b"\x00\x00\x00\x02\x09x")
+async def test_bad_frames() -> None:
+    empty, unknown_kind = b"\x00\x00\x00\x00", b"\x00\x00\x00\x02\x09x"
+    truncated_header, truncated_body = b"\x00\x00", b"\x00\x00\x00\x05\x01x"
+    for bad in (empty, unknown_kind, truncated_header, truncated_body):
+        with pytest.raises(BadFrame):
+            await _read_all(bad)
     with pytest.raises(BadFrame):
         Frame(FrameKind.CONTROL, b"not json").control()
 
 
-def test_hello() -> None:
-    [frame] = FrameDecoder().feed(encode_hello("tok", "call-1", "media"))
+async def test_hello() -> None:
+    [frame] = await _read_all(encode_hello("tok", "call-1", "media"))
     hello = parse_hello(frame)
     assert (hello.token, hello.call_id, hello.stream) == ("tok", "call-1", "media")
     for bad in (
@@ -55,7 +65,7 @@ def test_hello() -> None:
         encode_control({"op": "ready"}),
         encode_frame(FrameKind.ACS, b"{}"),
     ):
-        [frame] = FrameDecoder().feed(bad)
+        [frame] = await _read_all(bad)
         with pytest.raises(BadFrame):
             parse_hello(frame)
 

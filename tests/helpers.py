@@ -1,0 +1,87 @@
+"""Plain helpers shared by test modules (not a test file: tests import from here, never from
+each other). Fixtures live in ``conftest.py``; server helpers in ``servers.py`` and
+``fake_gateway.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from actors.stream_server import ServerConnection
+from tests.servers import CosmosEmulator
+
+# The per-operation timeout of the shared ``redis_mgr`` fixture (conftest.py).
+REDIS_OP_TIMEOUT_S = 1.0
+
+
+async def eventually(
+    check: Callable[[], Awaitable[object] | object],
+    timeout: float = 30.0,
+    *,
+    interval: float = 0.05,
+) -> None:
+    """Poll ``check()`` (plain or async) until it returns something truthy.
+
+    Fails with ``TimeoutError`` after ``timeout`` seconds.
+    """
+    async with asyncio.timeout(timeout):
+        while True:
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(interval)
+
+
+class Recorder:
+    """A call actor's stream handler that records what its StreamServer hands it."""
+
+    epoch = 7
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.refused: list[str] = []
+        self.open: list[ServerConnection] = []
+
+    def on_open(self, conn: ServerConnection) -> None:
+        self.open.append(conn)
+
+    def on_message(self, conn: ServerConnection, payload: bytes) -> None:
+        self.messages.append((conn.stream, payload))
+
+    def on_close(self, conn: ServerConnection) -> None:
+        self.open.remove(conn)
+
+    def on_refused(self, reason: str) -> None:
+        self.refused.append(reason)
+
+
+def cosmos_settings(emulator: CosmosEmulator, key: str) -> dict[str, str]:
+    """Environment for an archive on the emulator, in a database of its own."""
+    if not emulator.running:  # a fault test may have stopped it
+        emulator.start()
+    return {
+        "RTVOICE_COSMOS_ENDPOINT": emulator.endpoint,
+        "RTVOICE_COSMOS_KEY": key,
+        "RTVOICE_COSMOS_VERIFY_TLS": "false",
+        "RTVOICE_COSMOS_DATABASE": f"t{uuid.uuid4().hex[:12]}",
+    }
+
+
+def transcript(call_id: str, turns: int, *, text_bytes: int = 40, **meta: Any) -> dict[str, Any]:
+    """An archive transcript document with ``turns`` alternating turns of ``text_bytes`` each."""
+    body = "é" * (text_bytes // 2)  # non-ASCII: its escaped form is larger than its UTF-8
+    return {
+        "call_id": call_id,
+        "started_at": 1000.0,
+        "ended_at": meta.pop("ended_at", 2000.0),
+        "turns": [
+            {"seq": i + 1, "role": "user" if i % 2 else "assistant", "text": f"{i}:{body}"}
+            for i in range(turns)
+        ],
+        **meta,
+    }

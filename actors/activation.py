@@ -21,12 +21,13 @@ from typing import Any, cast
 import ray
 from ray.actor import ActorClass, ActorHandle
 
-from actors.call_actor import CallActor, CallEndedError
+from actors.call_actor import CallActor
+from actors.call_state import CallEnded
 from actors.config import CallActorConfig
 from storage.keys import validate_identifier
+from storage.redis_manager import Endpoint
 
 __all__ = [
-    "CallEndedError",
     "aactivate",
     "actor_options",
     "aget_or_activate",
@@ -75,12 +76,12 @@ def get_or_activate(
 ) -> ActorHandle[CallActor]:
     """The call's actor, created if needed, returned once its stream endpoint is registered.
 
-    Raises CallEndedError if the call already ended (its archive is written).
+    Raises CallEnded if the call already ended (its archive is written).
     """
     handle = _create(call_id, config)
     try:
         ray.get(handle.activate.remote(incoming), timeout=timeout_s)
-    except CallEndedError:
+    except CallEnded:
         _forget(handle)
         raise
     return handle
@@ -92,14 +93,14 @@ async def aactivate(
     *,
     incoming: dict[str, Any] | None = None,
     timeout_s: float = 60.0,
-) -> tuple[ActorHandle[CallActor], dict[str, Any]]:
-    """The call's actor and the stream endpoint it registered (host, port, token, epoch)."""
+) -> tuple[ActorHandle[CallActor], Endpoint]:
+    """The call's actor and the stream endpoint it registered."""
     handle = await asyncio.to_thread(_create, call_id, config)
     try:
-        endpoint: dict[str, Any] = await asyncio.wait_for(
+        endpoint: Endpoint = await asyncio.wait_for(
             handle.activate.remote(incoming), timeout_s
         )
-    except CallEndedError:
+    except CallEnded:
         await asyncio.to_thread(_forget, handle)
         raise
     return handle, endpoint

@@ -29,7 +29,7 @@ from actors.acs_media import (
     stop_audio,
 )
 from actors.audio_ring import ParticipantRings
-from actors.call_state import CallState, event_name
+from actors.call_state import CallEnded, CallState, event_name
 from actors.config import FRAME_MS, CallActorConfig
 from actors.metrics import LiveMetrics, RayMetricsExporter, frame_latency_s
 from actors.outbound_audio import OutboundQueue, Pacer
@@ -48,7 +48,7 @@ from storage.errors import (
 )
 from storage.keys import validate_identifier
 from storage.profiles import ProfileRepository
-from storage.redis_manager import AffinityRecord, AsyncAzureRedisManager
+from storage.redis_manager import AffinityRecord, AsyncAzureRedisManager, Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,6 @@ BARGE_IN_FRAMES = 3  # consecutive loud frames (60 ms) before playback is stoppe
 EXIT_GRACE_S = 0.5
 SESSION_KEY = "actor"  # this actor's part of the call session
 PLAY_DONE_EVENTS = frozenset({"PlayCompleted", "PlayFailed", "PlayCanceled"})
-
-
-class CallEndedError(Exception):
-    """The call already ended (its session says so); it cannot be activated again."""
 
 
 def _caller_id(incoming: dict[str, Any]) -> str | None:
@@ -117,7 +113,7 @@ class CallActor:
         self._speaker: Speaker | None = None
         self._pacer: Pacer | None = None
         self._exporter: RayMetricsExporter | None = None
-        self._endpoint: dict[str, Any] | None = None
+        self._endpoint: Endpoint | None = None
         self._node_id = ""
         self._media: list[ServerConnection] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -136,16 +132,16 @@ class CallActor:
 
     # -- activation ---------------------------------------------------------------------------
 
-    async def activate(self, incoming: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def activate(self, incoming: dict[str, Any] | None = None) -> Endpoint:
         """Claim the call (new epoch), reload its conversation, open the stream endpoint.
 
-        Idempotent: later calls return the same endpoint. Returns host, port, token, epoch.
+        Idempotent: later calls return the same endpoint. CallEnded for a call that is over.
         """
         async with self._activation_lock:
             if self._endpoint is not None:
-                return dict(self._endpoint)
+                return self._endpoint
             if self._ending is not None:
-                raise CallEndedError(self.call_id)
+                raise CallEnded(self.call_id)
             try:
                 return await self._activate(incoming or {})
             except BaseException:
@@ -156,7 +152,7 @@ class CallActor:
                 await self._release_resources()
                 raise
 
-    async def _activate(self, incoming: dict[str, Any]) -> dict[str, Any]:
+    async def _activate(self, incoming: dict[str, Any]) -> Endpoint:
         cfg = self.config
         redis = self._redis = AsyncAzureRedisManager.from_settings(cfg.storage)
         archive = self._archive = open_archive(cfg.storage)
@@ -168,7 +164,7 @@ class CallActor:
         mine: dict[str, Any] = found if isinstance(found, dict) else {}
         restart = bool(mine)
         if mine.get("ended"):
-            raise CallEndedError(self.call_id)
+            raise CallEnded(self.call_id)
         cm = self._cm = await ConversationManager.from_redis(self.call_id, redis)
         self.epoch = await cm.claim_epoch()
         self.incoming = {k: v for k, v in session.items() if k != SESSION_KEY}
@@ -190,7 +186,7 @@ class CallActor:
         self._start_loops()
         assert self._endpoint is not None
         log.info("%r activated at epoch %d", self, self.epoch)
-        return dict(self._endpoint)
+        return self._endpoint
 
     async def _load_caller(self, cm: ConversationManager) -> None:
         """Caller profile into the context, once per call (a restart finds it already there)."""
@@ -232,28 +228,13 @@ class CallActor:
             import ray
 
             host = ray.util.get_node_ip_address()
-        self._endpoint = {
-            "call_id": self.call_id,
-            "host": host,
-            "port": port,
-            "token": self._token,
-            "epoch": self.epoch,
-            "node_id": self._node_id,
-        }
+        self._endpoint = Endpoint(host, port, self._token, self.epoch)
         if not await self._redis.claim_affinity(self._affinity_record(), lease_s=cfg.lease_s):
             raise StaleEpochError(f"a newer owner holds call {self.call_id}")
 
     def _affinity_record(self) -> AffinityRecord:
         assert self._endpoint is not None
-        return AffinityRecord(
-            call_id=self.call_id,
-            host=self._endpoint["host"],
-            port=self._endpoint["port"],
-            token=self._token,
-            epoch=self.epoch,
-            node_id=self._node_id,
-            updated_at=time.time(),
-        )
+        return AffinityRecord.of(self.call_id, self._endpoint, self._node_id, time.time())
 
     def _make_speaker(self, redis: AsyncAzureRedisManager) -> Speaker:
         cfg = self.config
@@ -333,7 +314,7 @@ class CallActor:
             "participants": list(self.state.participants),
             "ring_participants": self.rings.participants(),
             "metrics": self.metrics.snapshot(),
-            "endpoint": dict(self._endpoint) if self._endpoint else None,
+            "endpoint": self._endpoint,
             "turns": len(cm.history) if cm else 0,
             "outbound_queued": len(self.outbound),
             "speaking": bool(self._speaker and self._speaker.speaking),

@@ -16,6 +16,11 @@ RECENT_EVENT_IDS = 512
 MAX_PARTICIPANTS = 100  # kept per call; the rest of a larger snapshot is ignored
 
 
+class CallEnded(Exception):
+    """The call is over: its actor archived it and will not come back; events and sockets for
+    it are acknowledged and closed normally."""
+
+
 class CallStatus(StrEnum):
     RINGING = "ringing"
     CONNECTED = "connected"

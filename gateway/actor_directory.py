@@ -14,11 +14,11 @@ from typing import Any
 
 import ray
 
-from actors.activation import CallEndedError, aactivate
+from actors.activation import aactivate
+from actors.call_state import CallEnded
 from actors.config import CallActorConfig
-from gateway.stream_bridge import CallEnded, Endpoint
 from storage.errors import StorageError
-from storage.redis_manager import AffinityRecord, AsyncAzureRedisManager
+from storage.redis_manager import AffinityRecord, AsyncAzureRedisManager, Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,11 @@ class ActorDirectory:
         Raises CallEnded if the call is already over (the actor refuses to come back).
         """
         try:
-            handle, info = await aactivate(call_id, self._config, incoming=incoming)
-        except CallEndedError as exc:
+            handle, endpoint = await aactivate(call_id, self._config, incoming=incoming)
+        except CallEnded:
             self.forget(call_id)
-            raise CallEnded(call_id) from exc
+            raise
         self._handles[call_id] = handle
-        endpoint = Endpoint(info["host"], int(info["port"]), info["token"], int(info["epoch"]))
         self._cache[call_id] = (time.monotonic(), endpoint)
         return endpoint
 
@@ -68,7 +67,7 @@ class ActorDirectory:
         try:
             record: AffinityRecord | None = await self._redis.get_affinity(call_id)
             if record is not None and not (refresh and cached and record.epoch <= cached[1].epoch):
-                endpoint = Endpoint(record.host, record.port, record.token, record.epoch)
+                endpoint = record.endpoint
                 self._cache[call_id] = (time.monotonic(), endpoint)
                 return endpoint
             if await self.has_ended(call_id):

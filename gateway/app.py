@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from actors.call_state import CallEnded
 from gateway.acs_events import (
     MAX_BODY_BYTES,
     BadPayload,
@@ -48,7 +49,7 @@ from gateway.auth import AuthError, EventGridAuth, JwtVerifier, UrlSecrets
 from gateway.call_binding import BindingUnavailable, CallBindings
 from gateway.dedupe import RecentIds
 from gateway.metrics import GatewayMetrics, RequestMetrics
-from gateway.stream_bridge import CallEnded, StreamBridge
+from gateway.stream_bridge import StreamBridge
 from storage.archive_drainer import ArchiveDrainer
 from storage.errors import StorageError
 from storage.keys import validate_identifier

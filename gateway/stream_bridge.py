@@ -13,7 +13,6 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from starlette import status
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -25,18 +24,12 @@ from tenacity import (
     wait_exponential,
 )
 
+from actors.call_state import CallEnded
 from actors.stream_protocol import FrameKind, HandshakeRefused, StreamConnection, open_stream
 from gateway.metrics import GatewayMetrics
+from storage.redis_manager import Endpoint
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    host: str
-    port: int
-    token: str
-    epoch: int
 
 
 # resolve(call_id, refresh) -> the actor's current endpoint, None while it is not (yet) reachable;
@@ -46,10 +39,6 @@ Resolver = Callable[[str, bool], Awaitable[Endpoint | None]]
 
 class ActorUnavailable(Exception):
     """The call's actor could not be reached within the reconnect deadline."""
-
-
-class CallEnded(Exception):
-    """The call is over (or was never known): the socket should close normally."""
 
 
 class StreamBridge:

@@ -178,8 +178,21 @@ class ConversationSnapshot:
     schema_version: int
 
 
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a call actor's stream endpoint listens: the one shape the actor publishes, the
+    affinity record stores and the gateway connects to. The token opens it; the epoch fences."""
+
+    host: str
+    port: int
+    token: str
+    epoch: int
+
+
 @dataclass
 class AffinityRecord:
+    """``call:{id}:affinity``: the call's endpoint, its node and the replica holding its media."""
+
     call_id: str
     host: str
     port: int
@@ -188,6 +201,17 @@ class AffinityRecord:
     node_id: str = ""
     media_replica: str | None = None
     updated_at: float = 0.0
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port, self.token, self.epoch)
+
+    @classmethod
+    def of(cls, call_id: str, endpoint: Endpoint, node_id: str, now: float) -> AffinityRecord:
+        return cls(
+            call_id, endpoint.host, endpoint.port, endpoint.token, endpoint.epoch, node_id,
+            updated_at=now,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

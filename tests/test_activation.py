@@ -27,7 +27,7 @@ ray.init(address=address, namespace=namespace, logging_level="ERROR", log_to_dri
 time.sleep(max(0.0, float(start_at) - time.time()))
 handle = get_or_activate(call_id, config)
 endpoint = ray.get(handle.activate.remote(None))
-print("RESULT", handle._actor_id.hex(), endpoint["epoch"], endpoint["port"], flush=True)
+print("RESULT", handle._actor_id.hex(), endpoint.epoch, endpoint.port, flush=True)
 """
 
 
@@ -92,7 +92,7 @@ def test_two_drivers_racing_get_one_actor(
         # A third activation from this driver finds the same actor, still at the same epoch.
         handle = get_or_activate(call_id, config)
         assert handle._actor_id.hex() == results[0][0]
-        assert ray.get(handle.activate.remote(None))["epoch"] == int(results[0][1])
+        assert ray.get(handle.activate.remote(None)).epoch == int(results[0][1])
     finally:
         for proc in procs:
             proc.kill()

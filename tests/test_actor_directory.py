@@ -11,11 +11,11 @@ from typing import Any, cast
 
 import pytest
 
+from actors.call_state import CallEnded
 from actors.config import CallActorConfig
 from gateway import actor_directory
 from gateway.actor_directory import ActorDirectory
-from gateway.stream_bridge import CallEnded, Endpoint
-from storage.redis_manager import AffinityRecord, AsyncAzureRedisManager
+from storage.redis_manager import AffinityRecord, AsyncAzureRedisManager, Endpoint
 
 
 class Clock:
@@ -66,7 +66,7 @@ def record(call_id: str, epoch: int, port: int = 40_000) -> AffinityRecord:
 
 
 def endpoint_of(rec: AffinityRecord) -> Endpoint:
-    return Endpoint(rec.host, rec.port, rec.token, rec.epoch)
+    return rec.endpoint
 
 
 async def test_known_and_ended_come_from_the_call_session_and_summary(
@@ -194,9 +194,9 @@ async def test_refresh_never_returns_the_endpoint_it_already_had(
 
     async def activate(
         cid: str, config: Any, *, incoming: Any = None
-    ) -> tuple[Any, dict[str, Any]]:
+    ) -> tuple[Any, Endpoint]:
         activated.append(cid)
-        return object(), {"host": "10.0.0.8", "port": 41_002, "token": "t2", "epoch": 2}
+        return object(), Endpoint("10.0.0.8", 41_002, "t2", 2)
 
     monkeypatch.setattr(actor_directory, "aactivate", activate)
     await redis_mgr.store_call_session(call_id, {"state": "connected"})

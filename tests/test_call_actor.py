@@ -17,7 +17,8 @@ import orjson
 import pytest
 import ray
 
-from actors.activation import CallEndedError, aget_or_activate, get_call_actor
+from actors.activation import aget_or_activate, get_call_actor
+from actors.call_state import CallEnded
 from actors.cluster import list_call_actors
 from actors.config import CallActorConfig
 from actors.stream_protocol import (
@@ -30,6 +31,7 @@ from actors.stream_protocol import (
 from storage.errors import StaleEpochError
 from storage.keys import RedisKeyManager
 from storage.local_redis import LocalRedisServer
+from storage.redis_manager import Endpoint
 from storage.settings import Settings
 from storage.sqlite_archive import SqliteArchive
 from tests.helpers import eventually
@@ -91,8 +93,8 @@ async def info(handle: Any) -> dict[str, Any]:
     return await handle.info.remote()  # type: ignore[no-any-return]
 
 
-async def connect(ep: dict[str, Any], stream: str) -> StreamConnection:
-    return await open_stream(ep["host"], ep["port"], ep["token"], ep["call_id"], stream)
+async def connect(call_id: str, ep: Endpoint, stream: str) -> StreamConnection:
+    return await open_stream(ep.host, ep.port, ep.token, call_id, stream)
 
 
 async def recv_acs(conn: StreamConnection, kind: str, timeout: float = 20.0) -> dict[str, Any]:
@@ -171,10 +173,10 @@ async def test_full_lifecycle_to_archived_transcript(
     assert first["endpoint"] == ep and first["state"] == "ringing" and first["restarts"] == 0
     record = await redis_mgr.get_affinity(call_id)
     assert (record.host, record.port, record.token, record.epoch) == (
-        ep["host"],
-        ep["port"],
-        ep["token"],
-        ep["epoch"],
+        ep.host,
+        ep.port,
+        ep.token,
+        ep.epoch,
     )
     assert first["context"]["profile"]["name"] == "Ada"
     listed = await asyncio.to_thread(list_call_actors, config.namespace, with_info=True)
@@ -190,8 +192,8 @@ async def test_full_lifecycle_to_archived_transcript(
             participants=[{"identifier": {"rawId": "4:" + CALLER}, "isMuted": False}],
         )
     )
-    media = await connect(ep, "media")
-    transcription = await connect(ep, "transcription")
+    media = await connect(call_id, ep, "media")
+    transcription = await connect(call_id, ep, "transcription")
     for i in range(5):
         await media.send_acs(audio_msg(frame_pcm(i)))
     await transcription.send_acs(transcript_msg("I need help with my bill", confidence=0.8))
@@ -229,7 +231,7 @@ async def test_full_lifecycle_to_archived_transcript(
     actions = [entry["action"] for entry in await archive.list_audit(call_id)]
     assert {"activated", "CallConnected", "CallDisconnected", "ended"} <= set(actions)
     # A late event for the ended call must not resurrect it.
-    with pytest.raises(CallEndedError):
+    with pytest.raises(CallEnded):
         await aget_or_activate(call_id, config)
     await media.close()
     await transcription.close()
@@ -246,7 +248,7 @@ async def test_killed_actor_restarts_with_every_turn_and_fences_old_epoch(
     handle = await aget_or_activate(call_id, config, incoming=incoming())
     ep1 = await handle.activate.remote(None)
     await handle.handle_event.remote(event("CallConnected"))
-    transcription = await connect(ep1, "transcription")
+    transcription = await connect(call_id, ep1, "transcription")
     for text in ("first question", "second question"):
         await transcription.send_acs(transcript_msg(text))
     await eventually(lambda: _persisted_turns(redis_mgr, call_id, 4))
@@ -259,20 +261,20 @@ async def test_killed_actor_restarts_with_every_turn_and_fences_old_epoch(
     ep2 = await handle2.activate.remote(None)
     after = await info(handle2)
     assert after["pid"] != before["pid"] and after["restarts"] == 1
-    assert ep2["epoch"] > ep1["epoch"] and ep2["token"] != ep1["token"]
+    assert ep2.epoch > ep1.epoch and ep2.token != ep1.token
     assert after["turns"] == 4 and after["state"] == "connected"
     assert after["context"]["caller"]["id"] == CALLER
-    assert (await redis_mgr.get_affinity(call_id)).epoch == ep2["epoch"]
+    assert (await redis_mgr.get_affinity(call_id)).epoch == ep2.epoch
     # The dead incarnation's epoch is fenced out of every write.
     with pytest.raises(StaleEpochError):
         await redis_mgr.checkpoint(
-            call_id, epoch=ep1["epoch"], context=None, new_turns=[{"role": "user", "text": "x"}]
+            call_id, epoch=ep1.epoch, context=None, new_turns=[{"role": "user", "text": "x"}]
         )
-    assert not await redis_mgr.renew_affinity(call_id, ep1["epoch"])
+    assert not await redis_mgr.renew_affinity(call_id, ep1.epoch)
     with pytest.raises(HandshakeRefused):
-        await open_stream(ep2["host"], ep2["port"], ep1["token"], call_id, "transcription")
+        await open_stream(ep2.host, ep2.port, ep1.token, call_id, "transcription")
 
-    again = await connect(ep2, "transcription")
+    again = await connect(call_id, ep2, "transcription")
     await again.send_acs(transcript_msg("third question"))
     await eventually(lambda: _turns_at_least(handle2, 6))
     await handle2.shutdown.remote("test")
@@ -302,7 +304,7 @@ async def test_frames_land_in_the_ring_in_order_per_participant(
     call_id = new_call(call_ids)
     handle = await aget_or_activate(call_id, config, incoming=incoming())
     ep = await handle.activate.remote(None)
-    media = await connect(ep, "media")
+    media = await connect(call_id, ep, "media")
     for i in range(60):
         await media.send_acs(audio_msg(frame_pcm(i), participant="4:+1"))
         await media.send_acs(audio_msg(frame_pcm(1000 + i), participant="4:+2"))
@@ -328,8 +330,8 @@ async def test_bad_input_is_counted_and_refused_without_hurting_other_calls(
     good = await aget_or_activate(good_id, small, incoming=incoming())
     bad_ep = await bad.activate.remote(None)
     good_ep = await good.activate.remote(None)
-    good_media = await connect(good_ep, "media")
-    media = await connect(bad_ep, "media")
+    good_media = await connect(good_id, good_ep, "media")
+    media = await connect(bad_id, bad_ep, "media")
 
     for raw in (
         "{not json",
@@ -362,10 +364,10 @@ async def test_bad_input_is_counted_and_refused_without_hurting_other_calls(
     assert await media.recv() is None
     # ...a wrong token is refused...
     with pytest.raises(HandshakeRefused) as refused:
-        await open_stream(bad_ep["host"], bad_ep["port"], "wrong", bad_id, "media")
+        await open_stream(bad_ep.host, bad_ep.port, "wrong", bad_id, "media")
     assert refused.value.code == "bad_token"
     # ...and the call itself goes on with a fresh connection.
-    media = await connect(bad_ep, "media")
+    media = await connect(bad_id, bad_ep, "media")
     await media.send_acs(audio_msg(frame_pcm(3)))
     await eventually(lambda: _frames_in(bad, 2))
     errors = (await info(bad))["metrics"]["protocol_errors"]
@@ -386,8 +388,8 @@ async def test_barge_in_stops_playback(config: CallActorConfig, call_ids: list[s
     call_id = new_call(call_ids)
     handle = await aget_or_activate(call_id, config, incoming=incoming())
     ep = await handle.activate.remote(None)
-    media = await connect(ep, "media")
-    transcription = await connect(ep, "transcription")
+    media = await connect(call_id, ep, "media")
+    transcription = await connect(call_id, ep, "transcription")
     long_request = " ".join(["please read me the whole statement"] * 20)
     await transcription.send_acs(transcript_msg(long_request))
     await recv_acs(media, "AudioData")
@@ -407,8 +409,8 @@ async def test_words_after_call_disconnected_are_kept_until_the_streams_close(
     call_id = new_call(call_ids)
     handle = await aget_or_activate(call_id, config, incoming=incoming())
     ep = await handle.activate.remote(None)
-    media = await connect(ep, "media")
-    transcription = await connect(ep, "transcription")
+    media = await connect(call_id, ep, "media")
+    transcription = await connect(call_id, ep, "transcription")
     await handle.handle_event.remote(event("CallDisconnected"))
     for i in range(3):
         await media.send_acs(audio_msg(frame_pcm(i)))
@@ -441,7 +443,7 @@ async def _call_after_first_turn(
     call_id = new_call(call_ids)
     handle = await aget_or_activate(call_id, config, incoming=incoming())
     ep = await handle.activate.remote(None)
-    transcription = await connect(ep, "transcription")
+    transcription = await connect(call_id, ep, "transcription")
     await transcription.send_acs(transcript_msg(text))
     await eventually(lambda: _turns_at_least(handle, 2))
     return call_id, handle, ep, transcription
@@ -497,7 +499,7 @@ async def test_redis_paused_mid_call_keeps_every_turn(
     call_id, handle, ep, transcription = await _call_after_first_turn(
         config, call_ids, "before the pause"
     )
-    media = await connect(ep, "media")
+    media = await connect(call_id, ep, "media")
     assert redis_server.pid is not None
     os.kill(redis_server.pid, signal.SIGSTOP)
     try:
@@ -547,7 +549,7 @@ async def test_lifecycle_archives_to_cosmos(
     handle = await aget_or_activate(call_id, cosmos, incoming=incoming())
     ep = await handle.activate.remote(None)
     await handle.handle_event.remote(event("CallConnected"))
-    transcription = await connect(ep, "transcription")
+    transcription = await connect(call_id, ep, "transcription")
     await transcription.send_acs(transcript_msg("archive me in cosmos"))
     await eventually(lambda: _turns_at_least(handle, 2))
     await handle.handle_event.remote(event("CallDisconnected"))

@@ -11,9 +11,11 @@ from typing import Any, cast
 import pytest
 from starlette.websockets import WebSocket
 
+from actors.call_state import CallEnded
 from actors.stream_server import StreamServer
 from gateway.metrics import GatewayMetrics
-from gateway.stream_bridge import ActorUnavailable, CallEnded, Endpoint, StreamBridge
+from gateway.stream_bridge import ActorUnavailable, StreamBridge
+from storage.redis_manager import Endpoint
 from tests.helpers import Recorder, eventually
 
 NORMAL_CLOSURE = 1000

@@ -24,8 +24,8 @@ from ray.actor import ActorClass, ActorHandle
 from actors.call_actor import CallActor
 from actors.call_state import CallEnded
 from actors.config import CallActorConfig
+from storage.affinity import Endpoint
 from storage.keys import validate_identifier
-from storage.redis_manager import Endpoint
 
 __all__ = [
     "aactivate",

@@ -1,8 +1,11 @@
-"""CallActor: owns one ACS call connection — live state and audio in memory, conversation
-checkpointed to Redis under an epoch fence, transcript archived when the call ends.
+"""CallActor: owns one ACS call connection's lifecycle — activation, control events, the
+background loops, the end of the call and the exit.
 
-A plain class (Ray options live in activation.py). Nothing on the per-frame path awaits Redis or
-the archive; frames only touch the in-memory rings, queues and counters.
+A plain class (Ray options live in activation.py) that puts its pieces together: the per-frame
+path (media_path.MediaPath, which the stream server calls directly), the affinity lease
+(affinity_lease.AffinityLease), the conversation checkpointed to Redis under an epoch fence, and
+the session and end-of-call documents (call_documents). Nothing per frame runs in this class's
+methods, and none of them awaits Redis or the archive for a frame.
 """
 
 from __future__ import annotations
@@ -16,26 +19,26 @@ import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-import numpy as np
-
-from actors.acs_media import (
-    AudioData,
-    DtmfData,
-    InvalidMessage,
-    TranscriptionData,
-    TranscriptionMetadata,
-    outbound_audio,
-    parse_message,
-    stop_audio,
+from actors.acs_media import TranscriptionData
+from actors.affinity_lease import AffinityLease
+from actors.call_documents import (
+    AuditEntry,
+    CallSession,
+    analytics_record,
+    call_session,
+    call_summary,
+    caller_lookup_id,
+    transcript_document,
 )
-from actors.audio_ring import ParticipantRings
 from actors.call_state import CallEnded, CallState, event_name
-from actors.config import FRAME_MS, CallActorConfig
-from actors.metrics import LiveMetrics, RayMetricsExporter, frame_latency_s
-from actors.outbound_audio import OutboundQueue, Pacer
+from actors.config import CallActorConfig
+from actors.media_path import MediaPath
+from actors.metrics import LiveMetrics, RayMetricsExporter
+from actors.outbound_audio import Pacer
 from actors.responder import Responder, make_responder
 from actors.speaker import AcsPlaySpeaker, PcmSpeaker, Speaker
-from actors.stream_server import ServerConnection, StreamServer
+from actors.stream_protocol import StreamServer
+from storage.affinity import Endpoint
 from storage.archive import ArchiveStore, open_archive
 from storage.archiver import Archiver, process_spool_path
 from storage.conversation import ConversationManager
@@ -48,34 +51,14 @@ from storage.errors import (
 )
 from storage.keys import validate_identifier
 from storage.profiles import ProfileRepository
-from storage.redis_manager import AffinityRecord, AsyncAzureRedisManager, Endpoint
+from storage.redis_manager import AsyncAzureRedisManager
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-BARGE_IN_RMS = 500.0  # int16 RMS above which an inbound frame counts as caller speech
-BARGE_IN_FRAMES = 3  # consecutive loud frames (60 ms) before playback is stopped
 EXIT_GRACE_S = 0.5
-SESSION_KEY = "actor"  # this actor's part of the call session
 PLAY_DONE_EVENTS = frozenset({"PlayCompleted", "PlayFailed", "PlayCanceled"})
-
-
-def _caller_id(incoming: dict[str, Any]) -> str | None:
-    """The profile lookup id: E.164 number or ACS user id (``caller_id`` or ``caller.raw_id``)."""
-    value = incoming.get("caller_id")
-    if not isinstance(value, str) or not value:
-        caller = incoming.get("caller")
-        raw = caller.get("raw_id") if isinstance(caller, dict) else None
-        if not isinstance(raw, str) or not raw:
-            return None
-        value = raw[2:] if raw.startswith("4:") else raw
-    return value
-
-
-def _rms(pcm: bytes) -> float:
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
-    return float(np.sqrt(np.mean(samples * samples))) if samples.size else 0.0
 
 
 def _in_ray_actor() -> bool:
@@ -90,41 +73,32 @@ class CallActor:
         self.config = config
         self.state = CallState(call_id, created_at=time.time())
         self.metrics = LiveMetrics()
-        self._ready_at = float("inf")  # when the stream endpoint opened (epoch seconds)
-        self.rings = ParticipantRings(
-            capacity=int(config.ring_seconds * config.sample_rate),
-            max_participants=config.max_participants,
-        )
-        self.outbound = OutboundQueue(
-            config.frame_bytes, max_frames=int(config.outbound_max_seconds * 1000 / FRAME_MS)
+        self.media = MediaPath(
+            config, self.metrics, on_final=self._user_turn, on_session_change=self._session_changed
         )
         self.responder: Responder = make_responder(config.responder)
         self.epoch = 0
         self.incoming: dict[str, Any] = {}
         self.restarts = 0
-        self.dtmf: list[str] = []
-        self.audit: list[dict[str, Any]] = []
+        self.audit: list[AuditEntry] = []
         self._token = secrets.token_urlsafe(24)
         self._redis: AsyncAzureRedisManager | None = None
         self._archive: ArchiveStore | None = None
         self._archiver: Archiver | None = None
         self._cm: ConversationManager | None = None
+        self._lease: AffinityLease | None = None
         self._server: StreamServer | None = None
         self._speaker: Speaker | None = None
         self._pacer: Pacer | None = None
         self._exporter: RayMetricsExporter | None = None
         self._endpoint: Endpoint | None = None
         self._node_id = ""
-        self._media: list[ServerConnection] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
         self._activation_lock = asyncio.Lock()
         self._turn_lock = asyncio.Lock()
         self._ending: asyncio.Task[None] | None = None
         self._accepting_turns = True  # False once the end of call has taken the last turn
         self._session_dirty = False
-        self._loud_frames = 0
-        self._last_activity = time.monotonic()
         self.finished = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -157,30 +131,27 @@ class CallActor:
         redis = self._redis = AsyncAzureRedisManager.from_settings(cfg.storage)
         archive = self._archive = open_archive(cfg.storage)
         self._archiver = Archiver(archive, redis, spool_path=process_spool_path(cfg.storage))
-        # The call session holds the gateway's fields (the IncomingCall) at the top level and
-        # this actor's own state under "actor" once an actor has run for the call.
-        session = await redis.load_call_session(self.call_id) or {}
-        found = session.get(SESSION_KEY)
-        mine: dict[str, Any] = found if isinstance(found, dict) else {}
-        restart = bool(mine)
-        if mine.get("ended"):
+        session = CallSession.from_dict(self.call_id, await redis.load_call_session(self.call_id))
+        mine = session.actor  # set once an actor has run for the call
+        if mine is not None and mine.ended:
             raise CallEnded(self.call_id)
         cm = self._cm = await ConversationManager.from_redis(self.call_id, redis)
-        self.epoch = await cm.claim_epoch()
-        self.incoming = {k: v for k, v in session.items() if k != SESSION_KEY}
-        if restart:  # this process replaces a dead one
-            self.restarts = int(mine.get("restarts", 0)) + 1
-            self.state = CallState.from_dict(mine["state"])
-            self.dtmf = list(mine.get("dtmf") or [])
-            self.audit = list(mine.get("audit") or [])
+        self.epoch = self.media.epoch = await cm.claim_epoch()
+        self._lease = AffinityLease(redis, self.call_id, self.epoch, lease_s=cfg.lease_s)
+        self.incoming = session.incoming
+        if mine is not None:  # this process replaces a dead one
+            self.restarts = mine.restarts + 1
+            self.state = CallState.from_dict(mine.state)
+            self.media.dtmf = list(mine.dtmf or [])
+            self.audit = list(mine.audit or [])
         if incoming:
             self.incoming = dict(incoming)
         await self._load_caller(cm)
         self._node_id = self._ray_node_id()
         await self._open_endpoint()
-        self._ready_at = time.time()
-        self._speaker = self._make_speaker(redis)
-        self._audit("restarted" if restart else "activated", epoch=self.epoch)
+        self.media.ready_at = time.time()
+        self._speaker = self.media.speaker = self._make_speaker(redis)
+        self._audit("restarted" if mine is not None else "activated", epoch=self.epoch)
         await self._store_session()
         await self.checkpoint()
         self._start_loops()
@@ -193,7 +164,7 @@ class CallActor:
         if "caller" in cm.context:
             return
         assert self._archive is not None and self._redis is not None
-        caller_id = _caller_id(self.incoming)
+        caller_id = caller_lookup_id(self.incoming)
         profile: dict[str, Any] | None = None
         if caller_id:
             try:
@@ -213,9 +184,9 @@ class CallActor:
 
     async def _open_endpoint(self) -> None:
         cfg = self.config
-        assert self._redis is not None
+        assert self._lease is not None
         self._server = StreamServer(
-            self,
+            self.media,
             call_id=self.call_id,
             token=self._token,
             host=cfg.stream_host,
@@ -229,12 +200,7 @@ class CallActor:
 
             host = ray.util.get_node_ip_address()
         self._endpoint = Endpoint(host, port, self._token, self.epoch)
-        if not await self._redis.claim_affinity(self._affinity_record(), lease_s=cfg.lease_s):
-            raise StaleEpochError(f"a newer owner holds call {self.call_id}")
-
-    def _affinity_record(self) -> AffinityRecord:
-        assert self._endpoint is not None
-        return AffinityRecord.of(self.call_id, self._endpoint, self._node_id, time.time())
+        await self._lease.claim(self._endpoint, self._node_id)
 
     def _make_speaker(self, redis: AsyncAzureRedisManager) -> Speaker:
         cfg = self.config
@@ -246,7 +212,7 @@ class CallActor:
             )
         return PcmSpeaker(
             redis,
-            self.outbound,
+            self.media.outbound,
             voice=cfg.voice,
             audio_format=cfg.audio_format,
             sample_rate=cfg.sample_rate,
@@ -262,13 +228,15 @@ class CallActor:
         return node_id
 
     def _start_loops(self) -> None:
-        self._pacer = Pacer(self.outbound, self._send_outbound)
-        for coro in (
-            self._pacer.run(),
-            self._heartbeat_loop(),
-            self._checkpoint_loop(),
-            self._idle_watchdog(),
-        ):
+        assert self._lease is not None
+        self._pacer = Pacer(self.media.outbound, self.media.send_outbound)
+        heartbeat = self._lease.heartbeat(
+            self.config.heartbeat_interval_s,
+            on_reclaimed=self._store_session,
+            on_fenced=self._fenced,
+            on_failure=self._storage_failed,
+        )
+        for coro in (self._pacer.run(), heartbeat, self._checkpoint_loop(), self._idle_watchdog()):
             task = asyncio.get_running_loop().create_task(coro)
             task.add_done_callback(self._loop_done)
             self._loops.append(task)
@@ -290,7 +258,7 @@ class CallActor:
             self.metrics.duplicate_events += 1
             return
         self.metrics.events += 1
-        self._touch()
+        self.media.touch()
         event_type = str(event.get("type") or "")
         data = event.get("data")
         name = event_name(event_type)
@@ -312,11 +280,11 @@ class CallActor:
             "epoch": self.epoch,
             "restarts": self.restarts,
             "participants": list(self.state.participants),
-            "ring_participants": self.rings.participants(),
+            "ring_participants": self.media.rings.participants(),
             "metrics": self.metrics.snapshot(),
             "endpoint": self._endpoint,
             "turns": len(cm.history) if cm else 0,
-            "outbound_queued": len(self.outbound),
+            "outbound_queued": len(self.media.outbound),
             "speaking": bool(self._speaker and self._speaker.speaking),
             "context": dict(cm.context) if cm else {},
             "pid": os.getpid(),
@@ -324,7 +292,7 @@ class CallActor:
         }
 
     async def ring_snapshot(self, participant: str | None = None) -> bytes:
-        return self.rings.snapshot_bytes(participant)
+        return self.media.rings.snapshot_bytes(participant)
 
     async def checkpoint(self) -> bool:
         """Persist pending turns and context now (one round trip); False if Redis is down."""
@@ -351,107 +319,7 @@ class CallActor:
             await self.activate(None)
         await asyncio.shield(self._end_call(reason))
 
-    # -- data plane: StreamHandler ------------------------------------------------------------
-
-    def on_open(self, conn: ServerConnection) -> None:
-        self.metrics.connections += 1
-        self._touch()
-        if conn.stream == "media":
-            self._media.append(conn)
-
-    def on_close(self, conn: ServerConnection) -> None:
-        if conn in self._media:
-            self._media.remove(conn)
-
-    def on_refused(self, reason: str) -> None:
-        self.metrics.protocol_errors[reason] += 1
-
-    def on_message(self, conn: ServerConnection, payload: bytes) -> None:
-        self._touch()
-        cfg = self.config
-        try:
-            msg = parse_message(
-                payload,
-                frame_bytes=cfg.frame_bytes,
-                sample_rate=cfg.sample_rate,
-                max_bytes=cfg.max_message_bytes,
-            )
-        except InvalidMessage as exc:
-            self.metrics.invalid_messages[exc.reason] += 1
-            return
-        if isinstance(msg, AudioData):
-            self._on_audio(msg)
-        elif isinstance(msg, TranscriptionData):
-            self._on_transcription(msg)
-        elif isinstance(msg, DtmfData):
-            self._on_dtmf(msg)
-        elif isinstance(msg, TranscriptionMetadata):
-            self._session_dirty = True
-        # AudioMetadata: the parser checked it against the negotiated format; nothing to change.
-
-    def _on_audio(self, msg: AudioData) -> None:
-        self.metrics.frames_in += 1
-        now = time.time()
-        latency = frame_latency_s(msg.timestamp, now)
-        if latency is not None:
-            self.metrics.frame_seen(latency, captured_before_ready=now - latency < self._ready_at)
-        overwritten = self.rings.write(msg.participant, msg.pcm)
-        if overwritten < 0:
-            self.metrics.frames_dropped += 1
-        elif overwritten:
-            frames = -(-overwritten * 2 // self.config.frame_bytes)
-            self.metrics.ring_overwritten_frames += frames
-        speaking = self._speaker is not None and self._speaker.speaking
-        if speaking and not msg.silent and _rms(msg.pcm) >= BARGE_IN_RMS:
-            self._loud_frames += 1
-            if self._loud_frames >= BARGE_IN_FRAMES:
-                self._barge_in()
-        else:
-            self._loud_frames = 0
-
-    def _on_dtmf(self, msg: DtmfData) -> None:
-        if len(self.dtmf) >= self.config.max_dtmf_tones:
-            # The tones live in the call session, which Redis stores under a size limit.
-            self.metrics.invalid_messages["dtmf_limit"] += 1
-            return
-        self.dtmf.append(msg.data)
-        self._session_dirty = True
-
-    def _on_transcription(self, msg: TranscriptionData) -> None:
-        if msg.truncated:
-            self.metrics.transcripts_truncated += 1
-        if not msg.text.strip():
-            return
-        if self._speaker is not None and self._speaker.speaking:
-            self._barge_in()
-        if msg.final:
-            self._spawn(self._user_turn(msg))
-
-    def _barge_in(self) -> None:
-        """Caller speech during playback: drop queued audio now, tell ACS to flush its queue."""
-        self._loud_frames = 0
-        self.metrics.barge_ins += 1
-        self.outbound.clear()
-        self._spawn(self._stop_playback())
-
-    async def _stop_playback(self) -> None:
-        if self._speaker is not None:
-            try:
-                await self._speaker.stop()
-            except Exception as exc:  # an ACS REST failure must not break the call
-                log.warning("stopping playback failed: %s", type(exc).__name__)
-        text = stop_audio()
-        for conn in list(self._media):
-            await conn.send_acs(text)
-
-    async def _send_outbound(self, frame: bytes) -> bool:
-        conn = self._media[-1] if self._media else None
-        if conn is None or not await conn.send_acs(outbound_audio(frame)):
-            self.metrics.frames_dropped += 1
-            return False
-        return True
-
-    # -- conversation -------------------------------------------------------------------------
+    # -- conversation (the media path hands over final transcription results) -----------------
 
     async def _user_turn(self, msg: TranscriptionData) -> None:
         async with self._turn_lock:  # FIFO: turns keep the order they were heard in
@@ -482,29 +350,6 @@ class CallActor:
 
     # -- background loops ---------------------------------------------------------------------
 
-    async def _heartbeat_loop(self) -> None:
-        assert self._redis is not None and self._endpoint is not None
-        while True:
-            await asyncio.sleep(self.config.heartbeat_interval_s)
-            try:
-                if await self._redis.renew_affinity(
-                    self.call_id, self.epoch, lease_s=self.config.lease_s
-                ):
-                    continue
-                current = await self._redis.get_affinity(self.call_id)
-                if current is not None and current.epoch > self.epoch:
-                    self._fenced()
-                    return
-                # The lease lapsed (a Redis outage, or a restart that lost every key): claim it
-                # again, and rewrite the session the gateway needs to accept new sockets.
-                record = self._affinity_record()
-                await self._redis.claim_affinity(record, lease_s=self.config.lease_s)
-                await self._store_session()
-            except RedisUnavailableError:
-                log.info("heartbeat: redis unavailable; serving from memory")
-            except StorageError as exc:
-                self._storage_failed("heartbeat", exc)
-
     async def _checkpoint_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.checkpoint_interval_s)
@@ -519,9 +364,9 @@ class CallActor:
         timeout = self.config.idle_timeout_s
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
-            if len(self.outbound):
-                self._touch()  # still talking to the caller
-            if time.monotonic() - self._last_activity > timeout:
+            if len(self.media.outbound):
+                self.media.touch()  # still talking to the caller
+            if time.monotonic() - self.media.last_activity > timeout:
                 self._audit("idle_timeout")
                 self._end_call("idle")
                 return
@@ -566,7 +411,7 @@ class CallActor:
         async with self._turn_lock:  # FIFO: every turn already heard is recorded before this
             self._accepting_turns = False
         current = asyncio.current_task()
-        for task in [*self._loops, *self._tasks]:
+        for task in [*self._loops, *self.media.tasks]:
             if task is not current:
                 task.cancel()
         self._sync_metrics()
@@ -576,58 +421,36 @@ class CallActor:
                 break
         cm, archiver, redis = self._cm, self._archiver, self._redis
         assert cm is not None and archiver is not None and redis is not None
-        turns = [t.to_dict() for t in cm.history]
-        started = self.state.connected_at or self.state.created_at
-        metrics = self.metrics.snapshot()
-        metadata = {
-            "caller": cm.context.get("caller"),
-            "incoming": self.incoming,
-            "participants": [p.to_dict() for p in self.state.participants.values()],
-            "epoch": self.epoch,
-            "restarts": self.restarts,
-            "dtmf": self.dtmf,
-            "audio_format": self.config.audio_format,
-        }
-        transcript = {
-            "call_id": self.call_id,
-            "started_at": started,
-            "ended_at": now,
-            "end_reason": reason,
-            "turns": turns,
-            "metadata": metadata,
-            "metrics": metrics,
-        }
-        destination = await self._guarded("transcript", archiver.submit_transcript(transcript))
-        summary = {
-            "call_id": self.call_id,
-            "started_at": started,
-            "ended_at": now,
-            "duration_s": round(now - started, 3),
-            "end_reason": reason,
-            "turns": len(turns),
-            "caller_id": (cm.context.get("caller") or {}).get("id"),
-            "archived_to": str(destination) if destination is not None else "failed",
-        }
-        await self._guarded("summary", redis.set_call_summary(self.call_id, summary))
-        analytics = {
-            "id": f"{self.call_id}-analytics",
-            **summary,
-            "user_turns": sum(1 for t in turns if t["role"] == "user"),
-            "assistant_turns": sum(1 for t in turns if t["role"] == "assistant"),
-            "metrics": metrics,
-        }
+        transcript = transcript_document(
+            self.call_id,
+            state=self.state,
+            history=cm.history,
+            caller=cm.context.get("caller"),
+            incoming=self.incoming,
+            epoch=self.epoch,
+            restarts=self.restarts,
+            dtmf=self.media.dtmf,
+            audio_format=self.config.audio_format,
+            metrics=self.metrics.snapshot(),
+            ended_at=now,
+            end_reason=reason,
+        )
+        submitted = archiver.submit_transcript(transcript.to_dict())
+        destination = await self._guarded("transcript", submitted)
+        summary = call_summary(transcript, destination)
+        await self._guarded("summary", redis.set_call_summary(self.call_id, summary.to_dict()))
+        analytics = analytics_record(transcript, summary).to_dict()
         await self._guarded("analytics", archiver.submit("analytics", analytics))
         for entry in self.audit:
-            await self._guarded("audit", archiver.submit("audit", entry))
+            await self._guarded("audit", archiver.submit("audit", entry.to_dict()))
         log.info("%r archived (%s) to %s", self, reason, destination)
 
     async def _mark_ended(self) -> None:
         """Whatever happened to the archive: the session says ended, the lease is released, so
         the call can neither be activated again nor keep the gateway routing to this process."""
         await self._store_session(ended=True)
-        if self._redis is not None:
-            release = self._redis.release_affinity(self.call_id, self.epoch)
-            await self._guarded("release_affinity", release)
+        if self._lease is not None:
+            await self._guarded("release_affinity", self._lease.release())
 
     def _fenced(self) -> None:
         """A newer epoch owns the call: this instance is a zombie and must stop writing."""
@@ -669,71 +492,34 @@ class CallActor:
         with contextlib.suppress(ray.exceptions.AsyncioActorExit):
             ray.actor.exit_actor()
 
-    # -- helpers ------------------------------------------------------------------------------
+    # -- call session -------------------------------------------------------------------------
 
-    def _touch(self) -> None:
-        self._last_activity = time.monotonic()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _session_changed(self) -> None:
+        self._session_dirty = True
 
     def _audit(self, action: str, **details: Any) -> None:
         n = len(self.audit) + 1
-        self.audit.append(
-            {
-                "id": f"{self.call_id}-e{self.epoch}-{n}-{action}",
-                "call_id": self.call_id,
-                "action": action,
-                "at": time.time(),
-                "epoch": self.epoch,
-                **details,
-            }
-        )
+        entry = AuditEntry.new(self.call_id, self.epoch, n, action, time.time(), details)
+        self.audit.append(entry)
         self._session_dirty = True
 
-    def _sync_metrics(self) -> None:
-        """Copy the counters kept by the pacer and the speaker into the live metrics."""
-        if self._pacer is not None:
-            self.metrics.frames_out = self._pacer.frames_sent
-            self.metrics.frames_late = self._pacer.frames_late
-        if isinstance(self._speaker, PcmSpeaker):
-            self.metrics.tts_hits = self._speaker.hits
-            self.metrics.tts_misses = self._speaker.misses
-
-    def _session(self, *, ended: bool) -> dict[str, Any]:
-        return {
-            **self.incoming,
-            "call_id": self.call_id,
-            SESSION_KEY: {
-                "epoch": self.epoch,
-                "restarts": self.restarts,
-                "state": self.state.to_dict(),
-                "dtmf": self.dtmf,
-                "audit": self.audit,
-                "ended": ended,
-            },
-        }
-
-    def _core_session(self, *, ended: bool) -> dict[str, Any]:
-        """What a restart and the end mark need, without the parts whose size others decide
-        (the IncomingCall, participants, tones, audit): stored when the whole session cannot be."""
-        return {
-            "call_id": self.call_id,
-            SESSION_KEY: {
-                "epoch": self.epoch,
-                "restarts": self.restarts,
-                "state": self.state.to_dict() | {"participants": []},
-                "ended": ended,
-            },
-        }
+    def _session(self, *, ended: bool) -> CallSession:
+        return call_session(
+            self.call_id,
+            self.incoming,
+            epoch=self.epoch,
+            restarts=self.restarts,
+            state=self.state,
+            dtmf=self.media.dtmf,
+            audit=self.audit,
+            ended=ended,
+        )
 
     async def _store_session(self, *, ended: bool = False) -> None:
         if self._redis is None:
             return
         try:
-            await self._redis.store_call_session(self.call_id, self._session(ended=ended))
+            await self._redis.store_call_session(self.call_id, self._session(ended=ended).to_dict())
         except (PayloadTooLargeError, SerializationError) as exc:
             self._storage_failed("store_session", exc)
             await self._store_core_session(ended=ended)
@@ -743,14 +529,28 @@ class CallActor:
             self._session_dirty = False
 
     async def _store_core_session(self, *, ended: bool) -> None:
+        """What a restart and the end mark need, without the parts whose size others decide
+        (the IncomingCall, participants, tones, audit): stored when the whole session cannot be."""
         assert self._redis is not None
+        core = self._session(ended=ended).core()
         try:
-            await self._redis.store_call_session(self.call_id, self._core_session(ended=ended))
+            await self._redis.store_call_session(self.call_id, core.to_dict())
         except StorageError as exc:
             self._storage_failed("store_core_session", exc)
         else:
             # Retried when the session changes: as it is, the whole of it would fail again.
             self._session_dirty = False
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _sync_metrics(self) -> None:
+        """Copy the counters kept by the pacer and the speaker into the live metrics."""
+        if self._pacer is not None:
+            self.metrics.frames_out = self._pacer.frames_sent
+            self.metrics.frames_late = self._pacer.frames_late
+        if isinstance(self._speaker, PcmSpeaker):
+            self.metrics.tts_hits = self._speaker.hits
+            self.metrics.tts_misses = self._speaker.misses
 
     async def _guarded(self, step: str, op: Awaitable[T]) -> T | None:
         """Await one storage step of the call; a failure is counted and logged, never raised."""

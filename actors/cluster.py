@@ -1,4 +1,5 @@
-"""Local Ray start-up for the demo and tests, and listing of the live call actors.
+"""Local Ray start-up (`rtvoice serve` without RTVOICE_RAY_ADDRESS, the demo, the tests), and
+the listing of live call actors.
 
 Never starts actors itself; call actors are created only through actors.activation.
 """

@@ -37,7 +37,7 @@ from gateway.acs_events import (
     parse_callbacks,
     parse_event_grid,
 )
-from gateway.actor_directory import ActorDirectory
+from gateway.affinity_routing import AffinityRouter
 from gateway.answering import (
     CALLBACK_PATH,
     MEDIA_PATH,
@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 CALL_ID_HEADER = "x-ms-call-connection-id"
 CORRELATION_HEADER = "x-ms-call-correlation-id"
 EVENT_GRID_SECRET_PARAM = "code"
-WORKER_HEARTBEAT_S = 10.0
 ANSWERED_CONTEXTS = 10_000  # local memory of answered contexts, for when Redis is down
 # Recording events may carry another call leg's id (ACS_PROTOCOL.md): acknowledged, not routed.
 OTHER_LEG_EVENTS = frozenset({"RecordingStateChanged"})
@@ -74,7 +73,7 @@ class Gateway:
     public_url: str
     redis: AsyncAzureRedisManager
     acs: CallAutomationClient
-    directory: ActorDirectory
+    router: AffinityRouter
     url_secrets: UrlSecrets
     bindings: CallBindings
     verifier: JwtVerifier | None
@@ -205,7 +204,7 @@ async def _answer(gw: Gateway, call: IncomingCall) -> None:
         log.warning("call binding kept on this replica only: %s", type(exc).__name__)
     try:
         await gw.redis.store_call_session(call_id, incoming)
-        await gw.directory.activate(call_id, incoming)
+        await gw.router.activate(call_id, incoming)
     except (StorageError, ray.exceptions.RayError) as exc:
         log.error("activating call actor failed: %s", type(exc).__name__)
 
@@ -260,7 +259,7 @@ async def _deliver(gw: Gateway, call_id: str, event: dict[str, Any]) -> None:
     start = time.perf_counter()
     outcome = "delivered"
     try:
-        if not await gw.directory.deliver(call_id, event):
+        if not await gw.router.deliver(call_id, event):
             outcome = "unknown_call"
             gw.metrics.refuse("callback", outcome)
     except CallEnded:
@@ -291,12 +290,12 @@ async def _stream(websocket: WebSocket, stream: str) -> None:
         gw.metrics.refuse(stream, "auth_state_unavailable")
         await websocket.close(status.WS_1013_TRY_AGAIN_LATER)
         return
-    bridge = StreamBridge(websocket, call_id, stream, gw.directory.resolve, gw.metrics)
+    bridge = StreamBridge(websocket, call_id, stream, gw.router.resolve, gw.metrics)
     gw.metrics.open_sockets.labels(stream=stream).inc()
     try:
         await bridge.connect()
         # Only now is the actor's affinity record sure to exist (a cold actor writes it late).
-        await _claim_socket(gw, call_id, stream, opened_at)
+        await gw.router.claim_socket(call_id, stream, opened_at)
         code = await bridge.run()
     except CallEnded:
         code = status.WS_1000_NORMAL_CLOSURE
@@ -305,24 +304,9 @@ async def _stream(websocket: WebSocket, stream: str) -> None:
         code = status.WS_1011_INTERNAL_ERROR
     finally:
         gw.metrics.open_sockets.labels(stream=stream).dec()
-        await _release_socket(gw, call_id, stream)
+        await gw.router.release_socket(call_id, stream)
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # ACS may have gone already
         await websocket.close(code)
-
-
-async def _claim_socket(gw: Gateway, call_id: str, stream: str, opened_at: float) -> None:
-    if stream != "media":
-        return
-    with contextlib.suppress(StorageError):
-        await gw.redis.add_worker_call(gw.replica_id, call_id)
-        await gw.redis.set_media_replica(call_id, gw.replica_id, since=opened_at)
-
-
-async def _release_socket(gw: Gateway, call_id: str, stream: str) -> None:
-    if stream != "media":
-        return
-    with contextlib.suppress(StorageError):
-        await gw.redis.remove_worker_call(gw.replica_id, call_id)
 
 
 async def media_socket(websocket: WebSocket) -> None:
@@ -355,17 +339,10 @@ async def metrics(request: Request) -> Response:
     return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
-async def _heartbeat(gw: Gateway) -> None:
-    while True:
-        with contextlib.suppress(StorageError):
-            await gw.redis.heartbeat_worker(gw.replica_id)
-        await asyncio.sleep(WORKER_HEARTBEAT_S)
-
-
 def create_app(gateway: Gateway) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        heartbeat = asyncio.create_task(_heartbeat(gateway))
+        heartbeat = asyncio.create_task(gateway.router.heartbeat())
         stop_draining = asyncio.Event()
         drainer = gateway.drainer
         draining = asyncio.create_task(drainer.run(stop_draining)) if drainer else None

@@ -1,4 +1,5 @@
-"""The ``rtvoice`` command: serve, demo, calls, transcript, simulate.
+"""The ``rtvoice`` command: serve, calls, transcript; demo and simulate when the simulator is
+installed.
 
 Argument parsing and output only; each command's work lives in its own module.
 """
@@ -10,30 +11,22 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 
 import orjson
 
 from storage.settings import ConfigError, Settings, load_settings
+
+# Development commands (demo, simulate) come from this entry-point group (pyproject.toml), so the
+# gateway never imports the simulator: each entry is ``add_parser(subparsers) -> ArgumentParser``,
+# and the parser's ``func(args, settings)`` runs the command.
+COMMANDS_GROUP = "rtvoice.commands"
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.serve import serve
 
     return asyncio.run(serve(settings, host=args.host, port=args.port))
-
-
-def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.demo import DemoOptions, run_demo
-
-    options = DemoOptions(
-        calls=args.calls,
-        lines=args.lines,
-        port=args.port,
-        dashboard=not args.no_dashboard,
-        archive_path=args.archive,
-        keep_running=args.keep_running,
-    )
-    return asyncio.run(run_demo(settings, options))
 
 
 def _calls(args: argparse.Namespace, settings: Settings) -> int:
@@ -77,13 +70,7 @@ def _transcript(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from simulator.cli import run_simulate
-
-    return run_simulate(args)  # the stand-in is configured by flags, not RTVOICE_*
-
-
-def _count(low: int, high: int) -> Callable[[str], int]:
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
     """An argparse type: an integer in [low, high], else a usage error naming the range."""
 
     def parse(text: str) -> int:
@@ -104,21 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run a gateway replica (configuration from RTVOICE_*)")
     serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=_count(1, 65535), default=8000)
+    serve.add_argument("--port", type=bounded_int(1, 65535), default=8000)
     serve.set_defaults(func=_serve)
-
-    demo = sub.add_parser("demo", help="everything local: Ray, Redis, gateway, ACS stand-in")
-    demo.add_argument("--calls", type=_count(1, 64), default=3)
-    demo.add_argument("--lines", type=_count(1, 20), default=3, help="caller lines per call")
-    demo.add_argument("--port", type=_count(0, 65535), default=0, help="0: a free port")
-    demo.add_argument(
-        "--archive", default=None, help="SQLite archive path (default: RTVOICE_ARCHIVE_PATH)"
-    )
-    demo.add_argument("--no-dashboard", action="store_true")
-    demo.add_argument(
-        "--keep-running", action="store_true", help="after the table, wait for Ctrl-C"
-    )
-    demo.set_defaults(func=_demo)
 
     calls = sub.add_parser("calls", help="list live call actors")
     calls.add_argument("--address", default=None, help="Ray address (default: auto)")
@@ -128,9 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     transcript.add_argument("call_id")
     transcript.set_defaults(func=_transcript)
 
-    from simulator.cli import add_simulate_parser
-
-    add_simulate_parser(sub).set_defaults(func=_simulate)
+    for command in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name):
+        command.load()(sub)
     return parser
 
 

@@ -8,17 +8,47 @@ cardinality).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette import status
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from storage.latency import LatencyRecorder
 
 UNMATCHED_ROUTE = "unmatched"
 
 
+class StorageLatency(Collector):
+    """The Redis manager's per-operation latency (its LatencyRecorder), read at scrape time."""
+
+    def __init__(self, recorder: LatencyRecorder) -> None:
+        self._recorder = recorder
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        latency = GaugeMetricFamily(
+            "rtvoice_gateway_redis_op_ms",
+            "Redis operation latency over the last samples, by operation and quantile",
+            labels=["op", "quantile"],
+        )
+        errors = GaugeMetricFamily(
+            "rtvoice_gateway_redis_op_errors", "Redis operations failed", labels=["op"]
+        )
+        for op, stats in self._recorder.stats().items():
+            latency.add_metric([op, "0.5"], stats.p50_ms)
+            latency.add_metric([op, "0.99"], stats.p99_ms)
+            errors.add_metric([op], stats.errors)
+        yield latency
+        yield errors
+
+
 class GatewayMetrics:
-    def __init__(self, replica_id: str) -> None:
+    def __init__(self, replica_id: str, storage_latency: LatencyRecorder | None = None) -> None:
         self.registry = CollectorRegistry()
+        if storage_latency is not None:
+            self.registry.register(StorageLatency(storage_latency))
         self.requests = Counter(
             "rtvoice_gateway_requests",
             "HTTP requests by route and status; WebSockets by route and close code",

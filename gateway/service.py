@@ -1,4 +1,4 @@
-"""Builds a gateway replica from Settings: clients, auth, actor directory, app, uvicorn server.
+"""Builds a gateway replica from Settings: clients, auth, affinity router, app, uvicorn server.
 
 Configuration is read once by the caller (``load_settings``) and passed in.
 """
@@ -16,7 +16,7 @@ from azure.core.credentials import AzureKeyCredential
 from starlette.applications import Starlette
 
 from actors.config import CallActorConfig
-from gateway.actor_directory import ActorDirectory
+from gateway.affinity_routing import AffinityRouter
 from gateway.app import Gateway
 from gateway.auth import EventGridAuth, JwtPolicy, JwtVerifier, SharedSecret, UrlSecrets
 from gateway.call_binding import CallBindings
@@ -139,12 +139,12 @@ def build_gateway(
         public_url=gateway.public_url,
         redis=redis_mgr,
         acs=acs_client(settings.acs),
-        directory=ActorDirectory(redis_mgr, actor_config),
+        router=AffinityRouter(redis_mgr, actor_config, rid),
         url_secrets=secrets_ or url_secrets(gateway),
         bindings=CallBindings(redis_mgr),
         verifier=token_verifier(settings),
         event_grid_auth=event_grid_auth(gateway),
-        metrics=GatewayMetrics(rid),
+        metrics=GatewayMetrics(rid, redis_mgr.latency),
         audio_format=settings.acs.audio_format,
         audio_channel_type=settings.acs.audio_channel_type,
         locale=settings.acs.transcription_locale,

@@ -27,7 +27,7 @@ from tenacity import (
 from actors.call_state import CallEnded
 from actors.stream_protocol import FrameKind, HandshakeRefused, StreamConnection, open_stream
 from gateway.metrics import GatewayMetrics
-from storage.redis_manager import Endpoint
+from storage.affinity import Endpoint
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from simulator.report import CallReport
 from simulator.scenario import Scenario, ScenarioReport, run_scenario
 from simulator.script import CallerScript
 from simulator.service import DEFAULT_EVENT_GRID_PATH, AcsStandIn
+from storage.settings import Settings
 
 PROGRESS_MIN_S = 5.0  # runs expected to be shorter than this get no progress bar
 PROGRESS_WIDTH = 30
@@ -27,7 +28,10 @@ TABLE_ROWS = 20
 
 
 def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``simulate`` to an ``argparse`` sub-parser set; sets ``func=run_simulate``."""
+    """Add ``simulate`` to an ``argparse`` sub-parser set; sets ``func=run_simulate``.
+
+    ``rtvoice simulate`` loads it through the ``rtvoice.commands`` entry-point group.
+    """
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "simulate",
         help="place simulated ACS calls against a gateway",
@@ -206,7 +210,9 @@ def save_heard_audio(report: ScenarioReport, directory: Path) -> None:
             write_wav(directory / f"call-{call.index:03d}-heard.wav", call.heard_pcm, fmt)
 
 
-def run_simulate(args: argparse.Namespace) -> int:
+def run_simulate(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    """Run ``simulate``; ``settings`` (passed by ``rtvoice``) go unused: the stand-in is
+    configured by flags, not RTVOICE_*."""
     return asyncio.run(simulate(args, sys.stdout, sys.stderr))
 
 

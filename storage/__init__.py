@@ -2,12 +2,13 @@
 
 from typing import Any
 
+from storage.affinity import AffinityRecord
 from storage.archive import ArchiveStore, open_archive
 from storage.archiver import Archiver
 from storage.conversation import ConversationManager, Turn
 from storage.keys import TTL_POLICIES, Component, DataType, RedisKeyManager
 from storage.profiles import ProfileRepository
-from storage.redis_manager import AffinityRecord, AsyncAzureRedisManager
+from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import ConfigError, Settings, load_settings
 from storage.sqlite_archive import SqliteArchive
 

@@ -28,7 +28,8 @@ from storage.errors import (
     SerializationError,
     StorageError,
 )
-from storage.redis_manager import AsyncAzureRedisManager, OutboxEntry
+from storage.outbox import OutboxEntry
+from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import StorageSettings
 
 log = logging.getLogger(__name__)

@@ -12,17 +12,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from storage.conversation_store import SCHEMA_VERSION, ConversationSnapshot
 from storage.errors import PayloadTooLargeError, SerializationError
 from storage.keys import validate_identifier
-from storage.redis_manager import (
-    LEGACY_SCHEMA_VERSION,
-    SCHEMA_VERSION,
-    AsyncAzureRedisManager,
-    ConversationSnapshot,
-    dumps,
-)
+from storage.redis_connection import dumps
+from storage.redis_manager import AsyncAzureRedisManager
 
-__all__ = ["LEGACY_SCHEMA_VERSION", "SCHEMA_VERSION", "ConversationManager", "Turn"]
+__all__ = ["ConversationManager", "Turn"]
 
 
 @dataclass

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from simulator.devstack.local_redis import LocalRedisServer
 from storage.keys import RedisKeyManager
-from storage.local_redis import LocalRedisServer
 from storage.redis_manager import AsyncAzureRedisManager
 from tests.helpers import REDIS_OP_TIMEOUT_S
 from tests.servers import EMULATOR_KEY, CosmosEmulator

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from actors.stream_server import ServerConnection
+from actors.stream_protocol import ServerConnection
 from tests.servers import CosmosEmulator
 
 # The per-operation timeout of the shared ``redis_mgr`` fixture (conftest.py).

@@ -1,4 +1,4 @@
-"""Real servers for the tests: the Cosmos protocol emulator (Node) beside storage.local_redis."""
+"""Real servers for the tests: the Cosmos protocol emulator (Node), beside the devstack's Redis."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import ssl
 import subprocess
 from pathlib import Path
 
-from storage.local_redis import free_port, stop_process, wait_until_serving
+from simulator.devstack.local_redis import free_port, stop_process, wait_until_serving
 
 EMULATOR_DIR = Path(__file__).parent / "cosmos_emulator"
 EMULATOR_BIN = EMULATOR_DIR / "node_modules" / ".bin" / "cosmosdb-server"

@@ -16,7 +16,7 @@ import pytest
 from actors.acs_media import MAX_TRANSCRIPT_CHARS
 from actors.call_actor import CallActor
 from actors.config import CallActorConfig
-from actors.stream_server import ServerConnection
+from actors.stream_protocol import ServerConnection
 from storage.keys import RedisKeyManager
 from storage.settings import Settings
 from storage.sqlite_archive import SqliteArchive
@@ -57,9 +57,10 @@ def transcript_msg(text: str) -> str:
 
 
 def feed(actor: CallActor, *messages: str) -> None:
-    """As the stream server does: one inbound ACS message at a time (the connection is unused)."""
+    """As the stream server does: one inbound ACS message at a time to the actor's media path (the
+    connection is unused)."""
     for raw in messages:
-        actor.on_message(cast(ServerConnection, None), raw.encode())
+        actor.media.on_message(cast(ServerConnection, None), raw.encode())
 
 
 @pytest.fixture
@@ -126,7 +127,7 @@ def test_dtmf_must_be_one_tone_and_is_bounded_per_call() -> None:
     feed(call, dtmf_msg("12"), dtmf_msg("x"), dtmf_msg(""), dtmf_msg("pound pound"))
     feed(call, dtmf_msg("5"), dtmf_msg("#"), dtmf_msg("pound"), dtmf_msg("Asterisk"))
     feed(call, dtmf_msg("9"))  # one tone too many
-    assert call.dtmf == ["5", "#", "pound", "Asterisk"]
+    assert call.media.dtmf == ["5", "#", "pound", "Asterisk"]
     assert call.metrics.snapshot()["invalid_messages"] == {"bad_dtmf": 24, "dtmf_limit": 1}
 
 
@@ -150,7 +151,7 @@ async def test_a_session_too_large_to_store_still_ends_archives_and_releases(
     actor: CallActor, redis_mgr: Any, config: CallActorConfig
 ) -> None:
     # Past the call session's 1 MiB limit by any route: every later store of it is refused.
-    actor.dtmf.extend(["1" * 60_000] * 20)
+    actor.media.dtmf.extend(["1" * 60_000] * 20)
     actor._session_dirty = True
     await eventually(lambda: actor.metrics.storage_failures["store_session"] == 1)
     await eventually(lambda: not actor._session_dirty)  # the core of the session was stored
@@ -189,7 +190,7 @@ async def test_a_60_kb_transcription_is_capped_before_the_responder_and_the_spea
     feed(actor, transcript_msg(words))
     cm = actor._cm
     assert cm is not None
-    await eventually(lambda: len(cm.history) >= 2 and len(actor.outbound) > 0)
+    await eventually(lambda: len(cm.history) >= 2 and len(actor.media.outbound) > 0)
     user, reply = cm.history[0], cm.history[1]
     assert user.text == words[:MAX_TRANSCRIPT_CHARS]
     assert reply.role == "assistant" and reply.text.endswith(user.text.strip())

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from simulator.devstack.local_redis import free_port
 from storage.archive import (
     ArchiveStore,
     encoded_size,
@@ -23,7 +24,6 @@ from storage.errors import (
     PayloadTooLargeError,
     SerializationError,
 )
-from storage.local_redis import free_port
 from storage.settings import ConfigError, load_settings
 from storage.sqlite_archive import SqliteArchive
 from tests.helpers import cosmos_settings, transcript

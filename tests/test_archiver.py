@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 import pytest
 
+from simulator.devstack.local_redis import LocalRedisServer
 from storage.archive_drainer import ArchiveDrainer
 from storage.archiver import Archiver, Destination
 from storage.cosmos_archive import CosmosArchive
 from storage.errors import ArchiveError
-from storage.local_redis import LocalRedisServer
 from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import load_settings
 from tests.helpers import cosmos_settings, transcript

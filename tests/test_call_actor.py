@@ -28,10 +28,10 @@ from actors.stream_protocol import (
     encode_frame,
     open_stream,
 )
+from simulator.devstack.local_redis import LocalRedisServer
+from storage.affinity import Endpoint
 from storage.errors import StaleEpochError
 from storage.keys import RedisKeyManager
-from storage.local_redis import LocalRedisServer
-from storage.redis_manager import Endpoint
 from storage.settings import Settings
 from storage.sqlite_archive import SqliteArchive
 from tests.helpers import eventually

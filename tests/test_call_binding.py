@@ -8,9 +8,9 @@ import pytest
 
 from gateway.auth import AuthError
 from gateway.call_binding import BindingUnavailable, CallBindings
+from simulator.devstack.local_redis import free_port
 from storage.errors import StorageError
 from storage.keys import RedisKeyManager
-from storage.local_redis import free_port
 from storage.redis_manager import AsyncAzureRedisManager
 
 

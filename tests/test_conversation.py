@@ -10,7 +10,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from storage.conversation import SCHEMA_VERSION, ConversationManager, Turn
+from simulator.devstack.local_redis import LocalRedisServer
+from storage.conversation import ConversationManager, Turn
+from storage.conversation_store import SCHEMA_VERSION
 from storage.errors import (
     InvalidKeyError,
     PayloadTooLargeError,
@@ -19,7 +21,6 @@ from storage.errors import (
     StaleEpochError,
 )
 from storage.keys import Component, RedisKeyManager
-from storage.local_redis import LocalRedisServer
 from storage.redis_manager import AsyncAzureRedisManager
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.demo import DemoOptions, DemoSummary, demo_scenario, run_demo
 from simulator import CallReport
+from simulator.devstack.demo import DemoOptions, DemoSummary, demo_scenario, run_demo
 from storage.settings import Settings
 
 

@@ -18,8 +18,8 @@ from gateway.acs_events import MAX_BODY_BYTES
 from gateway.answering import MEDIA_PATH
 from gateway.app import Gateway, create_app
 from gateway.service import build_gateway, event_grid_auth, token_verifier
+from simulator.devstack.local_redis import free_port
 from storage.keys import RedisKeyManager
-from storage.local_redis import free_port
 from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import ConfigError, Settings
 
@@ -114,6 +114,8 @@ async def test_health_readiness_and_metrics(
     assert ready.status_code == 200
     assert ready.json() == {"status": "ok", "checks": {"ray": True, "redis": True}}
     assert "rtvoice_gateway_info" in metrics.text
+    # readyz pinged Redis: its latency is exported by operation and quantile.
+    assert 'rtvoice_gateway_redis_op_ms{op="ping",quantile="0.99"}' in metrics.text
 
 
 @pytest.mark.slow  # starts local Ray

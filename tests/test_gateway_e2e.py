@@ -30,7 +30,6 @@ from starlette import status
 from actors.activation import get_call_actor
 from gateway.answering import CALLBACK_PATH, MEDIA_PATH, TRANSCRIPTION_PATH, websocket_base
 from gateway.cli import configure_logging
-from gateway.local_stack import LocalStack, Replica
 from simulator import (
     CallbackKnobs,
     CallerScript,
@@ -51,10 +50,11 @@ from simulator.audio import (
     speech_like,
     voice_frequency,
 )
+from simulator.devstack.local_redis import LocalRedisServer, free_port
+from simulator.devstack.local_stack import LocalStack, Replica
 from simulator.jwt_issuer import CALLBACK_TOKEN_LIFETIME_S, MEDIA_TOKEN_LIFETIME_S
 from simulator.service import AcsStandIn
 from storage.archive import open_archive
-from storage.local_redis import LocalRedisServer, free_port
 from storage.settings import Settings
 from tests.helpers import eventually as poll_until
 
@@ -700,7 +700,7 @@ async def test_callbacks_for_unknown_calls_are_refused_without_actor_lookups(
     binding alone; no actor is looked up or created for them."""
     gateway = harness.replica.gateway
     before = gateway.metrics.refused_count("callback", "unknown_call")
-    handles = dict(gateway.directory._handles)
+    handles = dict(gateway.router._handles)
     unknown = [wire.CallIds(str(uuid.uuid4()), "server-call", "corr") for _ in range(200)]
     now = datetime.now(UTC)
     statuses = []
@@ -711,7 +711,7 @@ async def test_callbacks_for_unknown_calls_are_refused_without_actor_lookups(
         statuses.append(await post_callbacks(harness, query, body))
     assert set(statuses) == {status.HTTP_401_UNAUTHORIZED}
     assert gateway.metrics.refused_count("callback", "unknown_call") - before == len(unknown)
-    assert gateway.directory._handles == handles
+    assert gateway.router._handles == handles
     assert await harness.gone(unknown[0].call_connection_id)
 
 

@@ -11,9 +11,9 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from simulator.devstack.local_redis import LocalRedisServer
 from storage.errors import ArchiveError, RedisUnavailableError
 from storage.keys import RedisKeyManager
-from storage.local_redis import LocalRedisServer
 from storage.profiles import ProfileRepository
 from storage.redis_manager import AsyncAzureRedisManager
 from storage.sqlite_archive import SqliteArchive

@@ -16,6 +16,9 @@ from azure.core.credentials import AccessToken
 from redis.asyncio import BlockingConnectionPool, SSLConnection
 from redis.asyncio.cluster import RedisCluster
 
+from simulator.devstack.local_redis import LocalRedisServer, free_port
+from storage.affinity import AffinityRecord
+from storage.conversation_store import parse_legacy_session
 from storage.errors import (
     InvalidKeyError,
     PayloadTooLargeError,
@@ -31,15 +34,9 @@ from storage.keys import (
     Component,
     RedisKeyManager,
 )
-from storage.local_redis import LocalRedisServer, free_port
-from storage.redis_manager import (
-    REDIS_ENTRA_SCOPE,
-    AffinityRecord,
-    AsyncAzureRedisManager,
-    EntraIdCredentialProvider,
-    PayloadLimits,
-    parse_legacy_session,
-)
+from storage.redis_auth import REDIS_ENTRA_SCOPE, EntraIdCredentialProvider
+from storage.redis_connection import PayloadLimits
+from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import ConfigError, load_settings
 from tests.helpers import REDIS_OP_TIMEOUT_S
 

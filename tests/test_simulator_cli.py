@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import secrets
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from simulator.cli import (
     simulate,
     webhook_path,
 )
+from simulator.devstack.local_redis import free_port
 from simulator.jwt_issuer import ACS_ISSUER
 from simulator.report import CallReport
 from simulator.scenario import ScenarioReport
@@ -43,12 +43,6 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_render_progress() -> None:
     assert render_progress(0, 4, 0.0, width=8) == "[--------] 0/4 calls     0.0s"
     assert render_progress(3, 4, 12.34, width=8) == "[######--] 3/4 calls    12.3s"
@@ -61,7 +55,7 @@ def test_parser_defaults_and_dispatch() -> None:
 
 
 async def test_simulate_runs_calls_and_prints_a_summary() -> None:
-    port = _free_port()
+    port = free_port()
     acs = _Acs(
         endpoint=f"http://127.0.0.1:{port}",
         access_key=base64.b64encode(secrets.token_bytes(32)).decode(),
@@ -113,7 +107,7 @@ def test_save_heard_audio(tmp_path: Path) -> None:
 
 async def test_simulate_exits_nonzero_when_nobody_answers() -> None:
     args = _parse(
-        ["simulate", "--gateway", f"http://127.0.0.1:{_free_port()}", "--answer-timeout", "0.2"]
+        ["simulate", "--gateway", f"http://127.0.0.1:{free_port()}", "--answer-timeout", "0.2"]
     )
     out = io.StringIO()
     assert await simulate(args, out, io.StringIO()) == 1

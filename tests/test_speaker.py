@@ -1,7 +1,8 @@
 from actors.outbound_audio import OutboundQueue
 from actors.speaker import MAX_SPOKEN_CHARS, PcmSpeaker, spoken_text, synthesize
 from storage.keys import RedisKeyManager
-from storage.redis_manager import AsyncAzureRedisManager, PayloadLimits
+from storage.redis_connection import PayloadLimits
+from storage.redis_manager import AsyncAzureRedisManager
 
 
 def test_synthesize_is_deterministic_speech_like_pcm() -> None:
@@ -29,7 +30,7 @@ async def test_pcm_speaker_uses_the_shared_tts_cache(redis_mgr: AsyncAzureRedisM
 
 
 async def test_pcm_speaker_speaks_without_redis(key_manager: RedisKeyManager) -> None:
-    from storage.local_redis import free_port
+    from simulator.devstack.local_redis import free_port
 
     down = AsyncAzureRedisManager.from_url(
         f"redis://127.0.0.1:{free_port()}/0", key_manager, op_timeout=0.5, connect_timeout=0.2

@@ -12,10 +12,10 @@ import pytest
 from starlette.websockets import WebSocket
 
 from actors.call_state import CallEnded
-from actors.stream_server import StreamServer
+from actors.stream_protocol import StreamServer
 from gateway.metrics import GatewayMetrics
 from gateway.stream_bridge import ActorUnavailable, StreamBridge
-from storage.redis_manager import Endpoint
+from storage.affinity import Endpoint
 from tests.helpers import Recorder, eventually
 
 NORMAL_CLOSURE = 1000
@@ -157,7 +157,7 @@ async def go_away_and_hold(actor: Actor, resolver: Resolver, successor: Actor) -
     asked = len(resolver.calls)
     await actor.server.close()
     await eventually(lambda: len(resolver.calls) > asked, 10)
-    assert resolver.calls[-1] is True  # the re-resolution bypasses the directory's cache
+    assert resolver.calls[-1] is True  # the re-resolution bypasses the router's cache
 
 
 async def test_frames_are_forwarded_in_order_and_outbound_sent_back(

@@ -1,5 +1,11 @@
+"""The stream protocol, both ends: framing, the hello, the actor's StreamServer and the gateway's
+open_stream / StreamConnection."""
+
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -9,6 +15,8 @@ from actors.stream_protocol import (
     FrameKind,
     FrameTooLarge,
     HandshakeRefused,
+    ServerConnection,
+    StreamServer,
     encode_control,
     encode_frame,
     encode_hello,
@@ -16,7 +24,18 @@ from actors.stream_protocol import (
     parse_hello,
     read_frame,
 )
-from actors.stream_server import ServerConnection, StreamServer
+from tests.helpers import Recorder, eventually
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Any, **options: Any) -> AsyncIterator[int]:
+    """A StreamServer for ``handler`` on a free loopback port; yields the port."""
+    server = StreamServer(handler, **options)
+    port = await server.start()
+    try:
+        yield port
+    finally:
+        await server.close()
 
 
 async def _read_all(data: bytes, max_frame_bytes: int = 1024, chunk: int = 7) -> list[Frame]:
@@ -112,18 +131,60 @@ async def test_close_delivers_every_frame_while_outbound_audio_is_unread() -> No
         def on_refused(self, reason: str) -> None:
             pass
 
-    server = StreamServer(BusyActor(), call_id="c1", token="t")
-    port = await server.start()
-    try:
-        conn = await open_stream("127.0.0.1", port, "t", "c1", "media")
-        await asyncio.sleep(0.1)  # the actor's outbound audio arrives and stays unread
-        for i in range(500):
-            await conn.send_acs(f"frame-{i:04d}" + "x" * 1700)
-        await conn.close()
-        async with asyncio.timeout(10):
-            while len(received) < 500:
-                await asyncio.sleep(0.01)
-        assert [r[:10] for r in received] == [f"frame-{i:04d}".encode() for i in range(500)]
-    finally:
-        await asyncio.gather(*sends, return_exceptions=True)
-        await server.close()
+    async with serving(BusyActor(), call_id="c1", token="t") as port:
+        try:
+            conn = await open_stream("127.0.0.1", port, "t", "c1", "media")
+            await asyncio.sleep(0.1)  # the actor's outbound audio arrives and stays unread
+            for i in range(500):
+                await conn.send_acs(f"frame-{i:04d}" + "x" * 1700)
+            await conn.close()
+            async with asyncio.timeout(10):
+                while len(received) < 500:
+                    await asyncio.sleep(0.01)
+            assert [r[:10] for r in received] == [f"frame-{i:04d}".encode() for i in range(500)]
+        finally:
+            await asyncio.gather(*sends, return_exceptions=True)
+
+
+# The actor's end (StreamServer) with the gateway's (open_stream).
+
+
+async def test_handshake_messages_and_outbound() -> None:
+    handler = Recorder()
+    async with serving(handler, call_id="c1", token="secret", max_frame_bytes=1024) as port:
+        conn = await open_stream("127.0.0.1", port, "secret", "c1", "media")
+        assert conn.epoch == 7
+        for i in range(3):
+            await conn.send_acs(f"m{i}")
+        await eventually(lambda: len(handler.messages) == 3)
+        assert handler.messages == [("media", b"m0"), ("media", b"m1"), ("media", b"m2")]
+        assert await handler.open[0].send_acs("out")
+        frame = await conn.recv()
+        assert frame is not None and frame.kind is FrameKind.ACS and frame.text() == "out"
+
+        for token, call_id, code in (("nope", "c1", "bad_token"), ("secret", "c2", "bad_call")):
+            with pytest.raises(HandshakeRefused) as info:
+                await open_stream("127.0.0.1", port, token, call_id, "media")
+            assert info.value.code == code
+
+        await conn.send_raw(encode_frame(FrameKind.ACS, b"x" * 2000))  # over the frame limit
+        assert await conn.recv() is None
+        await eventually(lambda: not handler.open)
+        assert handler.refused == ["bad_token", "bad_call", "oversized_frame"]
+        again = await open_stream("127.0.0.1", port, "secret", "c1", "transcription")
+        await again.send_acs("still here")
+        await eventually(lambda: handler.messages[-1] == ("transcription", b"still here"))
+        await again.close()
+
+
+async def test_garbage_hello_is_refused() -> None:
+    handler = Recorder()
+    async with serving(handler, call_id="c1", token="t", handshake_timeout_s=0.5) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(encode_frame(FrameKind.ACS, b"{}"))
+        await writer.drain()
+        assert await reader.read() != b""  # the error frame, then EOF
+        _, silent = await asyncio.open_connection("127.0.0.1", port)
+        await eventually(lambda: "handshake_timeout" in handler.refused)
+        silent.close()
+        assert handler.refused[0] == "bad_hello"

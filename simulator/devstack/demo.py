@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.local_stack import LocalStack
 from simulator import CallerScript, CallReport, Scenario, ScriptLine, run_scenario
+from simulator.devstack.local_stack import LocalStack
 from storage.archive import ArchiveStore, open_archive
 from storage.settings import Settings
 

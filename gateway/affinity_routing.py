@@ -1,7 +1,9 @@
-"""Where each call's actor is: affinity records in Redis (with a small local cache) and Ray.
+"""Affinity routing: which call actor gets a call's frames and events, and this replica's side of
+worker affinity (the media sockets it holds, its heartbeat).
 
-The gateway's only link to actors. Activates an actor only for calls this deployment answered
-(a call session exists in Redis) and never for a call that has ended (its summary exists).
+The gateway's only link to actors: affinity records in Redis (with a small local cache) and
+Ray. Activates an actor only for calls this deployment answered (a call session exists in
+Redis) and never for a call that has ended (its summary exists).
 """
 
 from __future__ import annotations
@@ -17,22 +19,29 @@ import ray
 from actors.activation import aactivate
 from actors.call_state import CallEnded
 from actors.config import CallActorConfig
+from storage.affinity import AffinityRecord, Endpoint
 from storage.errors import StorageError
-from storage.redis_manager import AffinityRecord, AsyncAzureRedisManager, Endpoint
+from storage.redis_manager import AsyncAzureRedisManager
 
 log = logging.getLogger(__name__)
 
+WORKER_HEARTBEAT_S = 10.0
 
-class ActorDirectory:
+
+class AffinityRouter:
+    """Routes one replica's calls to their actors through the affinity records."""
+
     def __init__(
         self,
         redis_mgr: AsyncAzureRedisManager,
         config: CallActorConfig,
+        replica_id: str,
         *,
         cache_ttl_s: float = 2.0,
     ) -> None:
         self._redis = redis_mgr
         self._config = config
+        self.replica_id = replica_id
         self._cache_ttl_s = cache_ttl_s
         self._cache: dict[str, tuple[float, Endpoint]] = {}
         self._handles: dict[str, Any] = {}
@@ -119,3 +128,26 @@ class ActorDirectory:
     def forget(self, call_id: str) -> None:
         self._cache.pop(call_id, None)
         self._handles.pop(call_id, None)
+
+    # Worker affinity: which replica holds each call's media socket. Best effort: without
+    # Redis the call goes on, only the record of where its socket is goes stale.
+
+    async def claim_socket(self, call_id: str, stream: str, opened_at: float) -> None:
+        if stream != "media":
+            return
+        with contextlib.suppress(StorageError):
+            await self._redis.add_worker_call(self.replica_id, call_id)
+            await self._redis.set_media_replica(call_id, self.replica_id, since=opened_at)
+
+    async def release_socket(self, call_id: str, stream: str) -> None:
+        if stream != "media":
+            return
+        with contextlib.suppress(StorageError):
+            await self._redis.remove_worker_call(self.replica_id, call_id)
+
+    async def heartbeat(self) -> None:
+        """Keep this replica's worker-affinity record alive; runs until cancelled."""
+        while True:
+            with contextlib.suppress(StorageError):
+                await self._redis.heartbeat_worker(self.replica_id)
+            await asyncio.sleep(WORKER_HEARTBEAT_S)

@@ -21,8 +21,8 @@ from actors.cluster import init_local_ray
 from actors.config import CallActorConfig
 from gateway.app import Gateway, create_app
 from gateway.service import build_gateway, uvicorn_server
+from simulator.devstack.local_redis import LocalRedisServer, free_port
 from simulator.service import DEFAULT_EVENT_GRID_PATH, AcsStandIn
-from storage.local_redis import LocalRedisServer, free_port
 from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import Settings
 

@@ -173,29 +173,22 @@ class RedisConnection:
             if provider
             else {"username": username, "password": access_key}
         )
+        # Per-operation timeouts come from ``_op``, so sockets themselves never time out.
+        common: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "max_connections": max_connections,
+            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": None,
+            "retry": _retry(),
+            **auth,
+        }
         client: Redis | RedisCluster
         if cluster:
-            client = RedisCluster(
-                host=host,
-                port=port,
-                ssl=True,
-                socket_connect_timeout=connect_timeout,
-                socket_timeout=None,
-                max_connections=max_connections,
-                retry=_retry(),
-                **auth,
-            )
+            client = RedisCluster(ssl=True, **common)
         else:
             pool = BlockingConnectionPool(
-                connection_class=SSLConnection,
-                host=host,
-                port=port,
-                max_connections=max_connections,
-                timeout=op_timeout,
-                socket_connect_timeout=connect_timeout,
-                socket_timeout=None,
-                retry=_retry(),
-                **auth,
+                connection_class=SSLConnection, timeout=op_timeout, **common
             )
             client = Redis.from_pool(pool)
         return cls(

@@ -1,14 +1,13 @@
-"""Ray options of the call actor, in one place, and get-or-activate for the gateway and tools.
+"""Ray options of the call actor, in one place, creating actors (named by a call id, or spares
+of the warm pool), and get-or-activate for tools and tests.
 
-Authority for "exactly one live actor per call": Ray's named-actor registry (the GCS). The actor
-is named by the call connection id and created with ``get_if_exists=True``; the GCS binds a name
-to one actor atomically, so racing drivers all receive the same actor, and a restart after a
-crash keeps the same name and actor id (no second actor can appear while it restarts). Placement,
-lifetime and naming are decided by the same component, so there is no window where Redis says one
-owner and Ray runs another. A compare-and-set on the Redis affinity record would need Redis at
-creation time and a second clean-up path for actors that lost the race. The affinity record still
-carries an epoch, but as a fence for data writes (a zombie process of an older epoch is refused),
-not as the identity authority.
+Authority for "exactly one live actor per call": the set-once binding ``call:{id}:actor`` in
+Redis (actors/pool.py) names the call's actor before any actor is bound: a warm spare, or, with
+no spare, an actor named by the call id. For the latter, Ray's named-actor registry (the GCS)
+makes creation idempotent (``get_if_exists=True``): racing drivers receive the same actor, and a
+restart keeps the same name and actor id. With Redis unreachable, calls fall back to that
+registry alone. The affinity record's epoch is a fence for data writes (a zombie process of an
+older epoch is refused), not the identity authority.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import secrets
 from typing import Any, cast
 
 import ray
@@ -36,10 +36,13 @@ __all__ = [
 ]
 
 
-def actor_options(call_id: str, config: CallActorConfig) -> dict[str, Any]:
-    """Every Ray option of a call actor."""
+SPARE_PREFIX = "spare-"
+
+
+def actor_options(name: str, config: CallActorConfig) -> dict[str, Any]:
+    """Every Ray option of a call actor, named by its call id (or ``spare-…`` for a spare)."""
     return {
-        "name": call_id,
+        "name": name,
         "namespace": config.namespace,
         "lifetime": "detached",  # outlives the gateway process that created it
         "get_if_exists": True,
@@ -55,13 +58,20 @@ def _remote_class() -> ActorClass[CallActor]:
     return ray.remote(CallActor)
 
 
-def _create(call_id: str, config: CallActorConfig) -> ActorHandle[CallActor]:
+def create_call_actor(call_id: str, config: CallActorConfig) -> ActorHandle[CallActor]:
     validate_identifier(call_id, "call id")
     handle = _remote_class().options(**actor_options(call_id, config)).remote(call_id, config)
     return cast("ActorHandle[CallActor]", handle)
 
 
-def _forget(handle: ActorHandle[CallActor]) -> None:
+def create_spare(config: CallActorConfig) -> tuple[str, ActorHandle[CallActor]]:
+    """Start a spare call actor of the warm pool (blocking: run it off the event loop)."""
+    name = f"{SPARE_PREFIX}{secrets.token_hex(6)}"
+    handle = _remote_class().options(**actor_options(name, config)).remote(None, config)
+    return name, cast("ActorHandle[CallActor]", handle)
+
+
+def forget_actor(handle: ActorHandle[CallActor]) -> None:
     """Remove an actor that was created for a call that already ended."""
     with contextlib.suppress(Exception):
         ray.kill(handle, no_restart=True)
@@ -78,11 +88,11 @@ def get_or_activate(
 
     Raises CallEnded if the call already ended (its archive is written).
     """
-    handle = _create(call_id, config)
+    handle = create_call_actor(call_id, config)
     try:
         ray.get(handle.activate.remote(incoming), timeout=timeout_s)
     except CallEnded:
-        _forget(handle)
+        forget_actor(handle)
         raise
     return handle
 
@@ -95,13 +105,13 @@ async def aactivate(
     timeout_s: float = 60.0,
 ) -> tuple[ActorHandle[CallActor], Endpoint]:
     """The call's actor and the stream endpoint it registered."""
-    handle = await asyncio.to_thread(_create, call_id, config)
+    handle = await asyncio.to_thread(create_call_actor, call_id, config)
     try:
         endpoint: Endpoint = await asyncio.wait_for(
             handle.activate.remote(incoming), timeout_s
         )
     except CallEnded:
-        await asyncio.to_thread(_forget, handle)
+        await asyncio.to_thread(forget_actor, handle)
         raise
     return handle, endpoint
 
@@ -119,8 +129,19 @@ async def aget_or_activate(
 
 
 def get_call_actor(call_id: str, namespace: str) -> ActorHandle[CallActor] | None:
-    """The live actor of ``call_id`` without creating one (None if there is none)."""
+    """The live actor of ``call_id`` without creating one (None if there is none): the actor
+    named by the call id, else the spare bound to it (operators and tests find calls this way;
+    the gateway asks Redis, see actors/pool.py)."""
     try:
         return ray.get_actor(call_id, namespace=namespace)
     except ValueError:
-        return None
+        pass
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        name = entry["name"]
+        if entry.get("namespace") != namespace or not name.startswith(SPARE_PREFIX):
+            continue
+        with contextlib.suppress(Exception):  # gone, or restarting: not this call's
+            handle = ray.get_actor(name, namespace=namespace)
+            if ray.get(handle.bound_call.remote(), timeout=5) == call_id:
+                return handle
+    return None

@@ -67,11 +67,16 @@ def _in_ray_actor() -> bool:
     return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
+class SpareTaken(Exception):
+    """This spare's process already serves another call (a process serves one call only)."""
+
+
 class CallActor:
-    def __init__(self, call_id: str, config: CallActorConfig) -> None:
-        self.call_id = validate_identifier(call_id, "call id")
+    def __init__(self, call_id: str | None, config: CallActorConfig) -> None:
+        # None: a spare of the warm pool (actors/pool.py), bound to its one call by ``bind``.
+        self.call_id = validate_identifier(call_id, "call id") if call_id else ""
         self.config = config
-        self.state = CallState(call_id, created_at=time.time())
+        self.state = CallState(self.call_id, created_at=time.time())
         self.metrics = LiveMetrics()
         self.media = MediaPath(
             config, self.metrics, on_final=self._user_turn, on_session_change=self._session_changed
@@ -102,7 +107,34 @@ class CallActor:
         self.finished = asyncio.Event()
 
     def __repr__(self) -> str:
+        if not self.call_id:
+            return "CallActor(spare)"
         return f"CallActor(call={self.call_id}, state={self.state.status.value})"
+
+    # -- warm pool ----------------------------------------------------------------------------
+
+    async def prewarm(self) -> None:
+        """What a spare does before any call: its process is up and its modules imported (Ray
+        did that); connect the storage clients now so that ``bind`` costs no connection."""
+        storage = self.config.storage
+        self._redis = self._redis or AsyncAzureRedisManager.from_settings(storage)
+        self._archive = self._archive or open_archive(storage)
+        await self._redis.ping()
+
+    async def bind(self, call_id: str, incoming: dict[str, Any] | None = None) -> Endpoint:
+        """Make this spare the actor of ``call_id`` and activate it; idempotent for that call
+        (after a restart of this process, the gateway binds it again to the same call)."""
+        call_id = validate_identifier(call_id, "call id")
+        if not self.call_id:
+            self.call_id = call_id
+            self.state = CallState(call_id, created_at=time.time())
+        elif self.call_id != call_id:
+            raise SpareTaken(self.call_id)
+        return await self.activate(incoming)
+
+    async def bound_call(self) -> str:
+        """The call this process serves ("" while it is a spare)."""
+        return self.call_id
 
     # -- activation ---------------------------------------------------------------------------
 
@@ -128,8 +160,9 @@ class CallActor:
 
     async def _activate(self, incoming: dict[str, Any]) -> Endpoint:
         cfg = self.config
-        redis = self._redis = AsyncAzureRedisManager.from_settings(cfg.storage)
-        archive = self._archive = open_archive(cfg.storage)
+        # A spare connected these in prewarm.
+        redis = self._redis = self._redis or AsyncAzureRedisManager.from_settings(cfg.storage)
+        archive = self._archive = self._archive or open_archive(cfg.storage)
         self._archiver = Archiver(archive, redis, spool_path=process_spool_path(cfg.storage))
         session = CallSession.from_dict(self.call_id, await redis.load_call_session(self.call_id))
         mine = session.actor  # set once an actor has run for the call
@@ -474,9 +507,11 @@ class CallActor:
         if self._archive is not None:
             with contextlib.suppress(Exception):
                 await self._archive.close()
+            self._archive = None
         if self._redis is not None:
             with contextlib.suppress(Exception):
                 await self._redis.close()
+            self._redis = None
 
     def _exit_soon(self) -> None:
         """Exit the Ray actor after a grace period, so that a ``shutdown`` awaiting the end of

@@ -10,16 +10,21 @@ from typing import Any
 
 import ray
 
+from actors.capacity import machine_call_slots
+
 
 def init_local_ray(
     *,
-    num_call_slots: int = 16,
+    num_call_slots: int | None = None,
     include_dashboard: bool = False,
     namespace: str = "rtvoice",
     call_slot_resource: str = "call_slot",
     num_cpus: int | None = None,
 ) -> dict[str, Any]:
-    """Start a local Ray instance declaring ``num_call_slots`` call slots; returns its addresses."""
+    """Start a local Ray instance declaring ``num_call_slots`` call slots (default: sized from
+    this machine, actors/capacity.py); returns its addresses."""
+    if num_call_slots is None:
+        num_call_slots = machine_call_slots()
     ctx = ray.init(
         namespace=namespace,
         resources={call_slot_resource: num_call_slots},
@@ -55,13 +60,16 @@ def list_call_actors(
         for entry in ray.util.list_named_actors(all_namespaces=True)
         if entry.get("namespace") == namespace
     )
-    rows: list[dict[str, Any]] = [{"call_id": name, "namespace": namespace} for name in names]
+    # Named by call id, or spares of the warm pool (their info() names the call once bound).
+    rows: list[dict[str, Any]] = [
+        {"actor": name, "call_id": name, "namespace": namespace} for name in names
+    ]
     if not with_info:
         return rows
     refs: list[Any] = []
     for row in rows:
         try:
-            handle = ray.get_actor(row["call_id"], namespace=namespace)
+            handle = ray.get_actor(row["actor"], namespace=namespace)
             refs.append(handle.info.remote())
         except ValueError:  # ended between the listing and now
             refs.append(None)
@@ -72,6 +80,8 @@ def list_call_actors(
         try:
             row.update(ray.get(ref, timeout=timeout_s))
             row["node"] = row.get("node_id", "")
+            if not row["call_id"]:
+                row.update(call_id="(spare)", state="spare")
         except Exception as exc:  # one stuck or dying actor must not break the listing
             row["error"] = type(exc).__name__
     return rows

@@ -16,9 +16,8 @@ from typing import Any
 
 import ray
 
-from actors.activation import aactivate
 from actors.call_state import CallEnded
-from actors.config import CallActorConfig
+from actors.pool import WarmPool
 from storage.affinity import AffinityRecord, Endpoint
 from storage.errors import StorageError
 from storage.redis_manager import AsyncAzureRedisManager
@@ -34,13 +33,13 @@ class AffinityRouter:
     def __init__(
         self,
         redis_mgr: AsyncAzureRedisManager,
-        config: CallActorConfig,
+        pool: WarmPool,
         replica_id: str,
         *,
         cache_ttl_s: float = 2.0,
     ) -> None:
         self._redis = redis_mgr
-        self._config = config
+        self.pool = pool
         self.replica_id = replica_id
         self._cache_ttl_s = cache_ttl_s
         self._cache: dict[str, tuple[float, Endpoint]] = {}
@@ -53,7 +52,7 @@ class AffinityRouter:
         Raises CallEnded if the call is already over (the actor refuses to come back).
         """
         try:
-            handle, endpoint = await aactivate(call_id, self._config, incoming=incoming)
+            handle, endpoint = await self.pool.activate(call_id, incoming)
         except CallEnded:
             self.forget(call_id)
             raise
@@ -105,11 +104,8 @@ class AffinityRouter:
                 raise CallEnded(call_id)
         handle: Any = self._handles.get(call_id)
         if handle is None:
-            try:
-                handle = await asyncio.to_thread(
-                    ray.get_actor, call_id, namespace=self._config.namespace
-                )
-            except ValueError:
+            handle = await self.pool.handle(call_id)
+            if handle is None:
                 if not await self.is_known(call_id):
                     return False
                 await self.activate(call_id)  # CallEnded if the call is over

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import ray
+from azure.communication.callautomation import CallRejectReason
 from azure.communication.callautomation.aio import CallAutomationClient
 from azure.core.exceptions import AzureError
 from cachetools import TTLCache
@@ -37,6 +38,7 @@ from gateway.acs_events import (
     parse_callbacks,
     parse_event_grid,
 )
+from gateway.admission import Admission
 from gateway.affinity_routing import AffinityRouter
 from gateway.answering import (
     CALLBACK_PATH,
@@ -83,6 +85,10 @@ class Gateway:
     audio_channel_type: str = "mixed"
     locale: str = "en-US"
     media_wait_s: float = 10.0
+    # An answered call whose actor is not up this long after the answer is hung up.
+    activation_timeout_s: float = 10.0
+    # Whether this replica can serve one more call (free call slots, spare actors).
+    admission: Admission = field(default_factory=Admission)
     recent_events: RecentIds = field(default_factory=RecentIds)
     answered: TTLCache[str, bool] = field(
         default_factory=lambda: TTLCache(maxsize=ANSWERED_CONTEXTS, ttl=600)
@@ -181,6 +187,28 @@ async def _answer(gw: Gateway, call: IncomingCall) -> None:
     if not await _first_answer(gw, call):
         gw.metrics.refuse("event_grid", "already_answered")
         return
+    if not await gw.admission.admit():
+        await _reject_busy(gw, call)
+        return
+    try:
+        await _answer_admitted(gw, call)
+    finally:
+        gw.admission.release()  # its actor is up and holds its slot, or the attempt is over
+
+
+async def _reject_busy(gw: Gateway, call: IncomingCall) -> None:
+    """No slot and no spare actor: refuse the call at once (the caller hears busy)."""
+    gw.metrics.calls_rejected.labels(reason="capacity").inc()
+    log.info("incoming call rejected: no call capacity")
+    try:
+        await gw.acs.reject_call(
+            call.incoming_call_context, call_reject_reason=CallRejectReason.BUSY
+        )
+    except AzureError as exc:  # ACS times the call out instead
+        log.warning("rejecting a call failed: %s", type(exc).__name__)
+
+
+async def _answer_admitted(gw: Gateway, call: IncomingCall) -> None:
     plan = plan_answer(
         gw.public_url,
         gw.url_secrets,
@@ -203,10 +231,28 @@ async def _answer(gw: Gateway, call: IncomingCall) -> None:
     except StorageError as exc:
         log.warning("call binding kept on this replica only: %s", type(exc).__name__)
     try:
-        await gw.redis.store_call_session(call_id, incoming)
-        await gw.router.activate(call_id, incoming)
-    except (StorageError, ray.exceptions.RayError) as exc:
+        async with asyncio.timeout(gw.activation_timeout_s):
+            try:
+                await gw.redis.store_call_session(call_id, incoming)
+            except StorageError as exc:  # the actor gets the call's fields all the same
+                log.warning("storing the call session failed: %s", type(exc).__name__)
+            await gw.router.activate(call_id, incoming)
+    except TimeoutError:
+        await _drop(gw, call_id, "activation_timeout")
+    except Exception as exc:  # Ray errors, CallEnded, anything: the caller must not wait
         log.error("activating call actor failed: %s", type(exc).__name__)
+        await _drop(gw, call_id, "activation_failed")
+
+
+async def _drop(gw: Gateway, call_id: str, reason: str) -> None:
+    """The answered call's actor cannot be reached: end the call rather than leave dead air."""
+    gw.metrics.calls_dropped.labels(reason=reason).inc()
+    log.warning("answered call hung up: %s", reason)
+    gw.router.forget(call_id)
+    try:
+        await gw.acs.get_call_connection(call_id).hang_up(is_for_everyone=True)
+    except AzureError as exc:
+        log.warning("hanging up a dropped call failed: %s", type(exc).__name__)
 
 
 async def callbacks(request: Request) -> Response:
@@ -323,13 +369,22 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    checks = {"ray": ray.is_initialized(), "redis": False}
+    checks = {"ray": ray.is_initialized(), "redis": False, "capacity": False}
     try:
         checks["redis"] = await gw.redis.ping()
     except StorageError:
         checks["redis"] = False
-    ready = checks["ray"]  # without Redis calls go on from actor memory: degraded, not down
-    body = {"status": "ok" if all(checks.values()) else "degraded", "checks": checks}
+    checks["capacity"] = await gw.admission.has_capacity()
+    # Without Redis calls go on from actor memory: degraded, not down. Without capacity the
+    # replica rejects every call: not ready, so a load balancer sends calls elsewhere.
+    ready = checks["ray"] and checks["capacity"]
+    if all(checks.values()):
+        state = "ok"
+    elif checks["ray"] and not checks["capacity"]:
+        state = "at_capacity"
+    else:
+        state = "degraded"
+    body = {"status": state, "checks": checks}
     code = status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE
     return JSONResponse(body, status_code=code)
 
@@ -343,14 +398,17 @@ def create_app(gateway: Gateway) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         heartbeat = asyncio.create_task(gateway.router.heartbeat())
-        stop_draining = asyncio.Event()
+        stopping = asyncio.Event()
+        refilling = asyncio.create_task(gateway.router.pool.run(stopping))
         drainer = gateway.drainer
-        draining = asyncio.create_task(drainer.run(stop_draining)) if drainer else None
+        draining = asyncio.create_task(drainer.run(stopping)) if drainer else None
         try:
             yield
         finally:
             heartbeat.cancel()
-            stop_draining.set()
+            stopping.set()
+            with contextlib.suppress(Exception):
+                await refilling
             for task in list(gateway.tasks):
                 task.cancel()
             if draining is not None and drainer is not None:

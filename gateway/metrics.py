@@ -1,5 +1,5 @@
 """Gateway metrics in Prometheus form: request outcomes and handling time, refused input by
-reason, frames routed, callback event delivery time.
+reason, calls answered, rejected and dropped, frames routed, callback event delivery time.
 
 Labels are route templates, streams and reason codes, never call ids or raw paths (unbounded
 cardinality).
@@ -8,7 +8,8 @@ cardinality).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -16,7 +17,7 @@ from prometheus_client.registry import Collector
 from starlette import status
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from storage.latency import LatencyRecorder
+from storage.latency import LatencyRecorder, percentile
 
 UNMATCHED_ROUTE = "unmatched"
 
@@ -42,6 +43,47 @@ class StorageLatency(Collector):
             errors.add_metric([op], stats.errors)
         yield latency
         yield errors
+
+
+class PoolView(Protocol):
+    """What the metrics read of the warm pool (actors/pool.py)."""
+
+    @property
+    def spares_seen(self) -> int: ...
+
+    @property
+    def cold_starts(self) -> int: ...
+
+    @property
+    def bind_seconds(self) -> Collection[float]: ...
+
+
+class PoolStats(Collector):
+    """The warm pool as this replica sees it, read at scrape time."""
+
+    def __init__(self, pool: PoolView) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "rtvoice_gateway_pool_spares",
+            "Spare call actors queued in the warm pool",
+            value=self._pool.spares_seen,
+        )
+        yield GaugeMetricFamily(
+            "rtvoice_gateway_pool_cold_starts",
+            "Calls this replica started without a spare (pool empty or Redis down)",
+            value=self._pool.cold_starts,
+        )
+        bind = GaugeMetricFamily(
+            "rtvoice_gateway_pool_bind_ms",
+            "Spare taken to the call's stream endpoint up, recent binds, by quantile",
+            labels=["quantile"],
+        )
+        samples = sorted(s * 1000.0 for s in self._pool.bind_seconds)
+        for q in (50, 99):
+            bind.add_metric([str(q / 100)], percentile(samples, q))
+        yield bind
 
 
 class GatewayMetrics:
@@ -105,10 +147,25 @@ class GatewayMetrics:
         self.calls_answered = Counter(
             "rtvoice_gateway_calls_answered", "Incoming calls answered", registry=self.registry
         )
+        self.calls_rejected = Counter(
+            "rtvoice_gateway_calls_rejected",
+            "Incoming calls rejected (busy) without answering, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.calls_dropped = Counter(
+            "rtvoice_gateway_calls_dropped",
+            "Answered calls hung up because their actor could not be reached, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
         self.replica = Gauge(
             "rtvoice_gateway_info", "Replica identity", ["replica"], registry=self.registry
         )
         self.replica.labels(replica=replica_id).set(1)
+
+    def watch_pool(self, pool: PoolView) -> None:
+        self.registry.register(PoolStats(pool))
 
     def refuse(self, input_kind: str, reason: str) -> None:
         self.refused.labels(input=input_kind, reason=reason).inc()

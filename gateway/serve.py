@@ -8,6 +8,7 @@ import signal
 
 import ray
 
+from actors.capacity import node_call_slots
 from actors.cluster import init_local_ray
 from actors.config import CallActorConfig
 from gateway.app import create_app
@@ -25,7 +26,11 @@ async def serve(settings: Settings, *, host: str, port: int) -> int:
     if ray_settings.ray_address:
         ray.init(address=ray_settings.ray_address, namespace=ray_settings.ray_namespace)
     else:
-        init_local_ray(namespace=ray_settings.ray_namespace)
+        init_local_ray(
+            num_call_slots=node_call_slots(settings),
+            namespace=ray_settings.ray_namespace,
+            call_slot_resource=ray_settings.call_slot_resource,
+        )
     redis_mgr = AsyncAzureRedisManager.from_settings(settings.storage)
     actor_config = CallActorConfig.from_settings(settings)
     gateway = build_gateway(settings, redis_mgr, actor_config)

@@ -16,6 +16,8 @@ from azure.core.credentials import AzureKeyCredential
 from starlette.applications import Starlette
 
 from actors.config import CallActorConfig
+from actors.pool import WarmPool
+from gateway.admission import Admission
 from gateway.affinity_routing import AffinityRouter
 from gateway.app import Gateway
 from gateway.auth import EventGridAuth, JwtPolicy, JwtVerifier, SharedSecret, UrlSecrets
@@ -134,26 +136,39 @@ def build_gateway(
     if not gateway.public_url:
         raise ConfigError("RTVOICE_PUBLIC_URL is required: the URL at which ACS reaches us")
     rid = replica_id(gateway)
+    owner = f"{rid}-{secrets.token_hex(4)}"  # lease owner, unique even if replica ids are reused
+    pool = WarmPool(
+        redis_mgr,
+        actor_config,
+        owner=owner,
+        min_spares=settings.actors.pool_min_spares,
+        max_spares=settings.actors.pool_max_spares,
+    )
+    metrics = GatewayMetrics(rid, redis_mgr.latency)
+    metrics.watch_pool(pool)
     return Gateway(
         replica_id=rid,
         public_url=gateway.public_url,
         redis=redis_mgr,
         acs=acs_client(settings.acs),
-        router=AffinityRouter(redis_mgr, actor_config, rid),
+        router=AffinityRouter(redis_mgr, pool, rid),
         url_secrets=secrets_ or url_secrets(gateway),
         bindings=CallBindings(redis_mgr),
         verifier=token_verifier(settings),
         event_grid_auth=event_grid_auth(gateway),
-        metrics=GatewayMetrics(rid, redis_mgr.latency),
+        metrics=metrics,
         audio_format=settings.acs.audio_format,
         audio_channel_type=settings.acs.audio_channel_type,
         locale=settings.acs.transcription_locale,
         media_wait_s=gateway.media_wait_s,
+        activation_timeout_s=gateway.activation_timeout_s,
+        # A spare actor already holds its slot: the spares are capacity as much as free slots.
+        admission=Admission(settings.actors.call_slot_resource, spares=pool.spare_count),
         drainer=ArchiveDrainer(
             open_archive(settings.storage),
             redis_mgr,
             spool_dir=settings.storage.spool_dir,
-            owner=f"{rid}-{secrets.token_hex(4)}",  # unique even if replica ids are reused
+            owner=owner,
         ),
     )
 

@@ -64,6 +64,10 @@ class CallEnv:
     socket_grace_s: float = 2.0  # time a gateway gets to close a socket with a bad token
 
 
+class CallRejected(Exception):
+    """The app rejected the ringing call (the answer never comes)."""
+
+
 def _identifier(who: str) -> Json:
     return wire.phone_identifier(who) if who.startswith("+") else wire.acs_user_identifier(who)
 
@@ -120,6 +124,19 @@ class SimCall:
             self.report.channel_type = request.media.channel_type
         self._answer.set_result(request)
         return self.properties()
+
+    def reject(self, body: Json) -> None:
+        if self.state != "ringing":
+            raise RestError(status.HTTP_400_BAD_REQUEST, NOT_ESTABLISHED, "Call already answered.")
+        try:
+            reason = wire.parse_reject_request(body)
+        except wire.BadRequest as exc:
+            raise RestError(status.HTTP_400_BAD_REQUEST, "BadRequest", str(exc)) from None
+        self.state = "disconnected"
+        self.report.rejected = True
+        self.report.reject_reason = reason
+        self.report.operations.append("reject")
+        self._answer.set_exception(CallRejected(reason))
 
     def properties(self) -> Json:
         callback = self._request.callback_uri if self._request else ""
@@ -191,6 +208,9 @@ class SimCall:
         except TimeoutError:
             self.state = "disconnected"
             self.report.unexpected.append(f"not answered within {self.env.answer_timeout_s}s")
+            await incoming
+            return self._finish_report()
+        except CallRejected:  # a clear outcome: the caller hears busy (or is refused) at once
             await incoming
             return self._finish_report()
         try:

@@ -15,6 +15,8 @@ class CallReport:
     caller: str
     call_connection_id: str
     answered: bool = False
+    rejected: bool = False  # the app refused the call (reject) instead of answering
+    reject_reason: str | None = None  # its callRejectReason: "none", "busy" or "forbidden"
     incoming_call_status: int | None = None  # gateway's reply to the Event Grid POST
     time_to_connected_s: float | None = None  # IncomingCall sent -> CallConnected accepted
     audio_format: str | None = None  # negotiated at answer time
@@ -51,6 +53,8 @@ class CallReport:
             "caller": self.caller,
             "call_connection_id": self.call_connection_id,
             "answered": self.answered,
+            "rejected": self.rejected,
+            "reject_reason": self.reject_reason,
             "time_to_connected_s": self.time_to_connected_s,
             "audio_format": self.audio_format,
             "channel_type": self.channel_type,

@@ -59,6 +59,10 @@ class CallDirectory(Protocol):
         """Match ``incomingCallContext`` to a ringing call; returns its properties."""
         ...
 
+    def reject(self, body: Json) -> None:
+        """Match ``incomingCallContext`` to a ringing call and refuse it (``callRejectReason``)."""
+        ...
+
     def find(self, call_connection_id: str) -> RestCall:
         """Raises ``RestError`` (404) for unknown or finished calls."""
         ...
@@ -118,6 +122,15 @@ def build_app(
         except RestError as exc:
             return _error(exc)
 
+    async def reject(request: Request) -> Response:
+        body = await request.body()
+        try:
+            _check_signature(request, body, access_key, now)
+            calls.reject(_json_body(body))
+            return Response(status_code=status.HTTP_204_NO_CONTENT)
+        except RestError as exc:
+            return _error(exc)
+
     async def connection(request: Request) -> Response:
         """``/calling/callConnections/{id}`` and ``/{id}:{action}`` (the colon is ACS's)."""
         body = await request.body()
@@ -158,6 +171,7 @@ def build_app(
     return Starlette(
         routes=[
             Route("/calling/callConnections:answer", answer, methods=["POST"]),
+            Route("/calling/callConnections:reject", reject, methods=["POST"]),
             Route(
                 "/calling/callConnections/{target:path}",
                 connection,

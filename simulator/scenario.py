@@ -58,6 +58,10 @@ class ScenarioReport:
         return sum(report.answered for report in self.calls)
 
     @property
+    def rejected(self) -> int:
+        return sum(report.rejected for report in self.calls)
+
+    @property
     def ok(self) -> bool:
         return self.subscription_validated is not False and all(r.ok for r in self.calls)
 
@@ -71,6 +75,7 @@ class ScenarioReport:
         return {
             "calls": len(self.calls),
             "answered": self.answered,
+            "rejected": self.rejected,
             "ok": sum(r.ok for r in self.calls),
             "subscription_validated": self.subscription_validated,
             "connect_p50_s": round(statistics.median(times), 4) if times else None,

@@ -202,6 +202,16 @@ class AcsStandIn:
         self.calls[call.ids.call_connection_id] = call
         return properties
 
+    def reject(self, body: Json) -> None:
+        context = body.get("incomingCallContext")
+        call = self._ringing.get(context) if isinstance(context, str) else None
+        if call is None:
+            raise RestError(
+                status.HTTP_400_BAD_REQUEST, "8523", "Invalid or expired incoming call context."
+            )
+        call.reject(body)  # raises on a bad body: the call keeps ringing
+        del self._ringing[call.incoming_call_context]
+
     def find(self, call_connection_id: str) -> RestCall:
         call = self.calls.get(call_connection_id)
         if call is None:

@@ -456,3 +456,17 @@ def parse_play_request(body: Json) -> PlayRequest:
         operation_context=context if isinstance(context, str) else None,
         operation_callback_uri=callback if isinstance(callback, str) else None,
     )
+
+
+REJECT_REASONS = ("none", "busy", "forbidden")  # CallRejectReason; absent means "none"
+
+
+def parse_reject_request(body: Json) -> str:
+    """The reject request's reason (lower case); its ``incomingCallContext`` is required."""
+    context = body.get("incomingCallContext")
+    if not isinstance(context, str) or not context:
+        raise BadRequest("incomingCallContext is required")
+    reason = body.get("callRejectReason") or "none"
+    if not isinstance(reason, str) or reason.lower() not in REJECT_REASONS:
+        raise BadRequest(f"callRejectReason must be one of {', '.join(REJECT_REASONS)}")
+    return reason.lower()

@@ -36,6 +36,8 @@ class Component(StrEnum):
     OUTBOX = "outbox"
     ANSWER = "answer"
     LEASE = "lease"
+    SPARES = "spares"
+    ACTOR = "actor"
 
 
 # Seconds. Applied on every write that creates or refreshes a key (ARCHITECTURE.md).

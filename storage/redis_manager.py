@@ -2,7 +2,7 @@
 
 Owns nothing but the composition: each operation, key layout and Lua script lives in the store
 module of its concept (redis_connection, conversation_store, affinity, call_records, caches,
-outbox); never add an operation here.
+outbox, pool_store); never add an operation here.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from storage.caches import CacheStore
 from storage.call_records import CallRecordStore
 from storage.conversation_store import ConversationStore
 from storage.outbox import OutboxStore
+from storage.pool_store import PoolStore
 
 
 class AsyncAzureRedisManager(
-    ConversationStore, AffinityStore, CallRecordStore, CacheStore, OutboxStore
+    ConversationStore, AffinityStore, CallRecordStore, CacheStore, OutboxStore, PoolStore
 ):
     """Named Redis operations with a timeout each, latency recorded under the method name.
 

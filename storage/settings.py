@@ -111,6 +111,8 @@ class GatewaySettings(_Group):
     eventgrid_entra_issuer: str | None = None  # default: the tenant's v2.0 issuer
     eventgrid_entra_jwks_url: str | None = None  # default: the tenant's v2.0 keys
     media_wait_s: float = Field(default=10.0, gt=0, le=120)
+    # An answered call whose actor is not up within this long is hung up (gateway/app.py).
+    activation_timeout_s: float = Field(default=10.0, gt=0, le=300)
     replica_id: str | None = None
     # Local development only: allows an unauthenticated webhook and unchecked ACS tokens.
     insecure_dev: bool = False
@@ -123,6 +125,11 @@ class ActorSettings(_Group):
     ray_namespace: str = "rtvoice"
     call_slot_resource: str = "call_slot"
     idle_timeout_s: float = Field(default=120.0, gt=0, le=86_400)
+    # Call slots this node offers; unset: sized from its cores and memory (actors/capacity.py).
+    call_slots: int | None = Field(default=None, ge=0, le=10_000)
+    # Warm pool of spare call actors (actors/pool.py): kept between these, adapted to arrivals.
+    pool_min_spares: int = Field(default=2, ge=0, le=1_000)
+    pool_max_spares: int = Field(default=16, ge=0, le=1_000)
 
     _names = field_validator("ray_namespace", "call_slot_resource")(_no_separator)
 
@@ -163,12 +170,16 @@ ENV_VARS: Final[dict[str, tuple[str, ...]]] = {
     "EVENTGRID_ENTRA_ISSUER": ("gateway", "eventgrid_entra_issuer"),
     "EVENTGRID_ENTRA_JWKS_URL": ("gateway", "eventgrid_entra_jwks_url"),
     "MEDIA_WAIT_S": ("gateway", "media_wait_s"),
+    "ACTIVATION_TIMEOUT_S": ("gateway", "activation_timeout_s"),
     "REPLICA_ID": ("gateway", "replica_id"),
     "INSECURE_DEV": ("gateway", "insecure_dev"),
     "RAY_ADDRESS": ("actors", "ray_address"),
     "RAY_NAMESPACE": ("actors", "ray_namespace"),
     "CALL_SLOT_RESOURCE": ("actors", "call_slot_resource"),
     "CALL_IDLE_TIMEOUT_S": ("actors", "idle_timeout_s"),
+    "CALL_SLOTS": ("actors", "call_slots"),
+    "POOL_MIN_SPARES": ("actors", "pool_min_spares"),
+    "POOL_MAX_SPARES": ("actors", "pool_max_spares"),
 }
 _BY_PATH: Final[dict[tuple[str, ...], str]] = {path: name for name, path in ENV_VARS.items()}
 

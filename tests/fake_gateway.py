@@ -92,8 +92,10 @@ class FakeGateway:
         start_media: bool = True,
         dtmf: bool = False,
         verify_tokens: bool = True,
+        reject: str | None = None,
     ) -> None:
         self.acs = acs
+        self.reject = reject  # a CallRejectReason: refuse every call with it instead of answering
         self.audio_format = audio_format
         self.channel_type = channel_type
         self.media_hook = media_hook
@@ -156,6 +158,15 @@ class FakeGateway:
                 return JSONResponse({"validationResponse": code})
             for event in events:
                 self.seen.incoming.append(event)
+                if self.reject is not None:
+                    try:
+                        await self.client.reject_call(
+                            event["data"]["incomingCallContext"], call_reject_reason=self.reject
+                        )
+                    except Exception as exc:  # recorded for the test to inspect
+                        self.answer_errors.append(exc)
+                        return Response(status_code=500)
+                    continue
                 try:
                     props = await self.client.answer_call(
                         event["data"]["incomingCallContext"],

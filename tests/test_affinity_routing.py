@@ -1,8 +1,9 @@
 """AffinityRouter against the real redis-server: known/ended calls, resolve()'s affinity cache,
 and this replica's worker affinity (media sockets held, heartbeat).
 
-Ray itself (activating an actor) is covered by the e2e tests: here ``aactivate`` fails the test
-if it is reached, except in the one test that stands in for it to check when resolve() activates.
+Ray itself (activating an actor through the warm pool) is covered by the e2e tests: here the
+pool fails the test if it is reached, except in the one test that stands in for it to check when
+resolve() activates.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, cast
 import pytest
 
 from actors.call_state import CallEnded
-from actors.config import CallActorConfig
+from actors.pool import WarmPool
 from gateway import affinity_routing
 from gateway.affinity_routing import AffinityRouter
 from storage.affinity import AffinityRecord, Endpoint
@@ -40,18 +41,20 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return fake
 
 
-@pytest.fixture(autouse=True)
-def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def activate(*args: Any, **kwargs: Any) -> Any:
+class NoRayPool:
+    """Stands in for the warm pool: these tests cover the Redis paths, never Ray."""
+
+    async def activate(self, call_id: str, incoming: Any = None) -> tuple[Any, Endpoint]:
         pytest.fail("resolve() went to Ray: these tests cover the Redis paths only")
 
-    monkeypatch.setattr(affinity_routing, "aactivate", activate)
+    async def handle(self, call_id: str) -> Any:
+        return None
 
 
 @pytest.fixture
 def router(redis_mgr: AsyncAzureRedisManager) -> AffinityRouter:
-    # The config is only used to activate actors through Ray, which these tests never reach.
-    return AffinityRouter(redis_mgr, cast(CallActorConfig, None), f"gw-{uuid.uuid4().hex[:8]}")
+    pool = cast(WarmPool, NoRayPool())
+    return AffinityRouter(redis_mgr, pool, f"gw-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
@@ -197,11 +200,11 @@ async def test_refresh_never_returns_the_endpoint_it_already_had(
 
     activated: list[str] = []
 
-    async def activate(cid: str, config: Any, *, incoming: Any = None) -> tuple[Any, Endpoint]:
+    async def activate(cid: str, incoming: Any = None) -> tuple[Any, Endpoint]:
         activated.append(cid)
         return object(), Endpoint("10.0.0.8", 41_002, "t2", 2)
 
-    monkeypatch.setattr(affinity_routing, "aactivate", activate)
+    monkeypatch.setattr(router.pool, "activate", activate)
     await redis_mgr.store_call_session(call_id, {"state": "connected"})
     assert await router.resolve(call_id, True) == Endpoint("10.0.0.8", 41_002, "t2", 2)
     assert activated == [call_id]

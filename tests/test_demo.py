@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from simulator import CallReport
-from simulator.devstack.demo import DemoOptions, DemoSummary, demo_scenario, run_demo
+from simulator.devstack.demo import (
+    DemoOptions,
+    DemoSummary,
+    PoolFigures,
+    demo_scenario,
+    run_demo,
+)
 from storage.settings import Settings
 
 
@@ -39,15 +45,17 @@ def test_summary_counts_turns_and_latency() -> None:
         }
         for p50, p99 in ((1.0, 5.0), (3.0, 9.0))
     ]
-    summary = DemoSummary.build(reports, transcripts, (100, 20), "/a.sqlite3", None)
+    pool = PoolFigures(spares=2, cold_starts=0, bind_p50_ms=12.0, bind_p99_ms=30.0)
+    summary = DemoSummary.build(reports, transcripts, (100, 20), pool, "/a.sqlite3", None)
     assert summary.ok
     assert (summary.user_turns, summary.assistant_turns) == (2, 2)
     assert summary.latency_p50_ms == 2.0 and summary.latency_p99_ms == 9.0
     assert summary.backlog_frames == 20 and summary.backlog_wait_ms_max == 900.0
     table = summary.table()
     assert "2/2" in table and "rtvoice transcript c0" in table
+    assert "2 spares ready; 0 calls started cold; bind p50 / p99 12.0 ms / 30.0 ms" in table
 
-    missing = DemoSummary.build(reports, transcripts[:1], (0, 0), "/a.sqlite3", None)
+    missing = DemoSummary.build(reports, transcripts[:1], (0, 0), pool, "/a.sqlite3", None)
     assert not missing.ok
 
 

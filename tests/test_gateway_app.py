@@ -112,7 +112,8 @@ async def test_health_readiness_and_metrics(
         ready = await client.get("/readyz")
         metrics = await client.get("/metrics")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ok", "checks": {"ray": True, "redis": True}}
+    checks = {"ray": True, "redis": True, "capacity": True}  # the session's Ray has free slots
+    assert ready.json() == {"status": "ok", "checks": checks}
     assert "rtvoice_gateway_info" in metrics.text
     # readyz pinged Redis: its latency is exported by operation and quantile.
     assert 'rtvoice_gateway_redis_op_ms{op="ping",quantile="0.99"}' in metrics.text
@@ -130,7 +131,8 @@ async def test_readiness_is_degraded_without_redis(
         await gw.acs.close()
         await gw.redis.close()
     assert ready.status_code == 200  # calls go on from actor memory
-    assert ready.json() == {"status": "degraded", "checks": {"ray": True, "redis": False}}
+    checks = {"ray": True, "redis": False, "capacity": True}  # free slots; spares unknown
+    assert ready.json() == {"status": "degraded", "checks": checks}
 
 
 def test_unchecked_tokens_or_webhook_need_the_insecure_dev_flag() -> None:

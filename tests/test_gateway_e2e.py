@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 import signal
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -724,7 +723,6 @@ async def test_no_secret_phone_number_or_transcript_text_in_logs(
     caplog.set_level(logging.INFO)
     # Ray has no public accessor for the session's log directory.
     logs_dir = Path(ray._private.worker._global_node.get_logs_dir_path())
-    started = time.time()
     number, line = "+14255550577", "my account number is four four seven"
     script = caller(number, 14, [line])
     running = asyncio.create_task(harness.run([script]))
@@ -743,14 +741,11 @@ async def test_no_secret_phone_number_or_transcript_text_in_logs(
         "webhook secret": settings.gateway.eventgrid_secret.get_secret_value(),
         "ACS key": settings.acs.access_key.get_secret_value()[:20],
     }
-    worker_logs = [
-        path.read_text(errors="replace")
-        for path in logs_dir.glob("worker-*")
-        if path.stat().st_mtime >= started - 1
-    ]
+    # Every worker's log: the call's actor may be a spare started long before the call.
+    worker_logs = [path.read_text(errors="replace") for path in logs_dir.glob("worker-*")]
     records = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     text = "\n".join([*records, *worker_logs])
-    assert worker_logs and text.strip()
+    assert worker_logs  # the actors logged (at least Ray's own start-up lines)
     for what, value in forbidden.items():
         assert value and value not in text, f"{what} found in the logs"
 

@@ -1,8 +1,10 @@
-"""The layout shows the architecture: production packages never import the simulator or tests.
+"""The layout shows the architecture: production packages never import the simulator, the
+benchmarks or tests.
 
 actors/, gateway/ and storage/ run in production; simulator/ (the ACS stand-in and the local dev
-stack) may import them, never the other way round. Every import form counts, lazy ones inside
-functions included; the dev commands reach ``rtvoice`` through entry points instead.
+stack) and bench/ (the benchmarks) may import them, never the other way round. Every import form
+counts, lazy ones inside functions included; the dev commands reach ``rtvoice`` through entry
+points instead.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCTION = ("actors", "gateway", "storage")
-FORBIDDEN = ("simulator", "tests")
+FORBIDDEN = ("simulator", "bench", "tests")
 
 
 def imported_modules(tree: ast.AST) -> set[str]:
@@ -39,7 +41,7 @@ def test_the_production_packages_are_all_there() -> None:
 
 
 @pytest.mark.parametrize("path", production_modules(), ids=lambda path: str(path.relative_to(ROOT)))
-def test_production_modules_never_import_the_simulator_or_tests(path: Path) -> None:
+def test_production_modules_never_import_the_simulator_bench_or_tests(path: Path) -> None:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     bad = sorted(name for name in imported_modules(tree) if name.split(".")[0] in FORBIDDEN)
     assert not bad, f"{path.relative_to(ROOT)} imports {', '.join(bad)}"

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+from typing import Any
 
 import httpx
+import orjson
 import pytest
-from azure.communication.callautomation import TextSource
+from azure.communication.callautomation import CallRejectReason, TextSource
 from azure.communication.callautomation.aio import CallAutomationClient
 from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
+from starlette import status
 
 from simulator.script import CallerScript, ScriptLine
 from simulator.service import AcsStandIn
@@ -114,6 +117,87 @@ async def test_unknown_call_and_stale_context_are_refused() -> None:
                 await client.answer_call("not-a-context", "http://127.0.0.1:9/cb")
         assert missing.value.status_code == 404
         assert stale.value.status_code == 400
+
+
+async def test_real_sdk_rejects_a_ringing_call_busy() -> None:
+    async with AcsStandIn() as acs, FakeGateway(acs, reject="busy") as gateway:
+        report = await asyncio.wait_for(acs.place_call(gateway.url), 10)
+    assert gateway.answer_errors == []  # the SDK got its 204
+    assert report.rejected and report.reject_reason == "busy"
+    assert not report.answered and report.operations == ["reject"]
+    assert report.unexpected == []  # a clear outcome, not "not answered"
+    assert report.duration_s < 5  # ends at once, not at the answer timeout
+    assert report.summary()["rejected"] is True
+    assert gateway.seen.callbacks == []  # a rejected call never connects
+
+
+async def test_reject_without_a_reason_is_reason_none() -> None:
+    async with AcsStandIn(answer_timeout_s=2.0) as acs:
+        ringing = asyncio.create_task(acs.place_call("http://127.0.0.1:9"))  # nobody answers
+        await eventually(lambda: acs._ringing)
+        client = CallAutomationClient(acs.endpoint, AzureKeyCredential(acs.access_key))
+        async with client:
+            await client.reject_call(next(iter(acs._ringing)))
+        report = await asyncio.wait_for(ringing, 10)
+    assert report.rejected and report.reject_reason == "none"
+
+
+async def test_reject_is_refused_for_stale_contexts_bad_reasons_and_wrong_keys() -> None:
+    async with AcsStandIn(answer_timeout_s=2.0) as acs:
+        client = CallAutomationClient(acs.endpoint, AzureKeyCredential(acs.access_key))
+        wrong = base64.b64encode(secrets.token_bytes(64)).decode()
+        impostor = CallAutomationClient(acs.endpoint, AzureKeyCredential(wrong))
+        async with client, impostor:
+            with pytest.raises(HttpResponseError) as stale:
+                await client.reject_call("not-a-context", call_reject_reason="busy")
+            # A call ringing at a gateway that never answers (nothing listens at port 9).
+            ringing = asyncio.create_task(acs.place_call("http://127.0.0.1:9"))
+            await eventually(lambda: acs._ringing)
+            context = next(iter(acs._ringing))
+            with pytest.raises(HttpResponseError) as bad_reason:
+                await client.reject_call(context, call_reject_reason="later")
+            with pytest.raises(HttpResponseError) as unsigned:
+                await impostor.reject_call(context, call_reject_reason="busy")
+            await client.reject_call(context, call_reject_reason="forbidden")
+            with pytest.raises(HttpResponseError) as twice:
+                await client.reject_call(context, call_reject_reason="busy")
+            report = await asyncio.wait_for(ringing, 10)
+    assert stale.value.status_code == status.HTTP_400_BAD_REQUEST
+    assert stale.value.error is not None and stale.value.error.code == "8523"
+    assert bad_reason.value.status_code == status.HTTP_400_BAD_REQUEST
+    assert unsigned.value.status_code == status.HTTP_401_UNAUTHORIZED
+    assert twice.value.status_code == status.HTTP_400_BAD_REQUEST  # no longer ringing
+    assert report.rejected and report.reject_reason == "forbidden"
+
+
+async def test_reject_request_shape_is_the_sdks() -> None:
+    """The SDK's request: ``POST /calling/callConnections:reject``, camelCase body, 204."""
+    async with AcsStandIn(answer_timeout_s=2.0) as acs:
+        sent: list[Any] = []
+        ringing = asyncio.create_task(acs.place_call("http://127.0.0.1:9"))
+        await eventually(lambda: acs._ringing)
+        context = next(iter(acs._ringing))
+        client = CallAutomationClient(acs.endpoint, AzureKeyCredential(acs.access_key))
+        async with client:
+            await client.reject_call(
+                context,
+                call_reject_reason=CallRejectReason.BUSY,
+                raw_response_hook=lambda response: sent.append(response.http_response),
+            )
+        report = await asyncio.wait_for(ringing, 10)
+        async with httpx.AsyncClient(trust_env=False) as http:  # unsigned: the HMAC check first
+            unsigned = await http.post(
+                f"{acs.endpoint}/calling/callConnections:reject?api-version=2026-03-12",
+                json={"incomingCallContext": context, "callRejectReason": "busy"},
+            )
+    request = sent[0].request
+    assert request.method == "POST"
+    assert httpx.URL(request.url).path == "/calling/callConnections:reject"
+    body = orjson.loads(request.body)
+    assert body == {"incomingCallContext": context, "callRejectReason": "busy"}
+    assert sent[0].status_code == status.HTTP_204_NO_CONTENT
+    assert report.operations == ["reject"] and report.reject_reason == "busy"
+    assert unsigned.status_code == status.HTTP_401_UNAUTHORIZED
 
 
 async def test_unanswered_call_is_reported() -> None:

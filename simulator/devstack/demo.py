@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from actors.pool import WarmPool
 from simulator import CallerScript, CallReport, Scenario, ScriptLine, run_scenario
 from simulator.devstack.local_stack import LocalStack
 from storage.archive import ArchiveStore, open_archive
+from storage.latency import percentile
 from storage.settings import Settings
 
 CALLER_LINES = (
@@ -29,6 +31,7 @@ CALLER_LINES = (
 )
 ARCHIVE_WAIT_S = 20.0  # the actor archives after the call ends; give it time
 PROGRESS_EVERY_S = 2.0
+WARM_WAIT_S = 30.0  # plus 2 s per spare: after that, calls start cold actors as needed
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,24 @@ def demo_scenario(calls: int, lines: int) -> Scenario:
     return Scenario(calls=calls, callers=callers, stagger_s=0.3)
 
 
+@dataclass(frozen=True, slots=True)
+class PoolFigures:
+    spares: int  # ready when the calls were placed
+    cold_starts: int
+    bind_p50_ms: float | None
+    bind_p99_ms: float | None
+
+    @classmethod
+    def of(cls, spares: int, pool: WarmPool) -> PoolFigures:
+        binds = sorted(s * 1000.0 for s in pool.bind_seconds)
+        return cls(
+            spares,
+            pool.cold_starts,
+            percentile(binds, 50) if binds else None,
+            percentile(binds, 99) if binds else None,
+        )
+
+
 @dataclass(slots=True)
 class DemoSummary:
     calls: int
@@ -76,6 +97,7 @@ class DemoSummary:
     backlog_frames: int  # captured before their call's actor was up (waited for it to start)
     backlog_wait_ms_max: float
     connect_p50_s: float | None
+    pool: PoolFigures
     archive: str
     dashboard_url: str | None
     call_ids: list[str] = field(default_factory=list)
@@ -86,6 +108,7 @@ class DemoSummary:
         reports: list[CallReport],
         transcripts: list[dict[str, Any]],
         frames: tuple[float, float],
+        pool: PoolFigures,
         archive: str,
         dashboard_url: str | None,
     ) -> DemoSummary:
@@ -109,6 +132,7 @@ class DemoSummary:
                 (m.get("backlog_wait_ms_max") or 0.0 for m in metrics), default=0.0
             ),
             connect_p50_s=statistics.median(connects) if connects else None,
+            pool=pool,
             archive=archive,
             dashboard_url=dashboard_url,
             call_ids=[r.call_connection_id for r in reports if r.answered],
@@ -134,6 +158,11 @@ class DemoSummary:
                 f"{self.backlog_frames:,} (waited up to {self.backlog_wait_ms_max / 1000:.1f} s"
                 " for the call's actor to start)",
             ),
+            (
+                "warm pool",
+                f"{self.pool.spares} spares ready; {self.pool.cold_starts} calls started cold; "
+                f"bind p50 / p99 {ms(self.pool.bind_p50_ms)} / {ms(self.pool.bind_p99_ms)}",
+            ),
             ("turns", f"{self.user_turns} caller, {self.assistant_turns} assistant"),
             ("transcripts archived", f"{self.archived}/{self.calls} in {self.archive}"),
             ("Ray dashboard", self.dashboard_url or "off"),
@@ -156,6 +185,20 @@ async def _archived(archive: ArchiveStore, call_ids: list[str]) -> list[dict[str
         if len(found) < len(call_ids):
             await asyncio.sleep(0.25)
     return [found[c] for c in call_ids if c in found]
+
+
+async def _warm_up(pool: WarmPool, spares: int, out: TextIO) -> int:
+    """Wait for the pool's spares (a progress line each second); returns how many are ready."""
+    started = time.monotonic()
+    deadline = started + WARM_WAIT_S + 2.0 * spares
+    ready = await pool.spare_count()
+    while ready < spares and time.monotonic() < deadline:
+        out.write(f"  warming the pool: {ready}/{spares} spare call actors ready\n")
+        out.flush()
+        await asyncio.sleep(1.0)
+        ready = await pool.spare_count()
+    out.write(f"  warm pool: {ready}/{spares} spares in {time.monotonic() - started:.1f} s\n")
+    return ready
 
 
 async def _progress(stack: LocalStack, scenario: Scenario, out: TextIO) -> None:
@@ -181,18 +224,21 @@ async def run_demo(settings: Settings, options: DemoOptions, out: TextIO = sys.s
     archive = str(Path(options.archive_path or settings.storage.archive_path).resolve())
     out.write("rtvoice demo: starting Redis, Ray, the gateway and the ACS stand-in...\n")
     out.flush()
+    # One spare per call, so that every call of the burst finds its actor started.
+    spares = max(options.calls, settings.actors.pool_min_spares)
+    settings = settings.replace(
+        pool_min_spares=spares, pool_max_spares=max(spares, settings.actors.pool_max_spares)
+    )
     async with LocalStack(
         base=settings,
         port=options.port,
-        call_slots=max(16, 2 * options.calls),
         dashboard=options.dashboard,
         archive_path=archive,
     ) as stack:
         assert stack.acs is not None and stack.settings is not None
-        out.write(
-            f"gateway {stack.gateway_url}  ACS stand-in {stack.acs.endpoint}\n"
-            f"placing {options.calls} calls, {options.lines} caller lines each...\n"
-        )
+        out.write(f"gateway {stack.gateway_url}  ACS stand-in {stack.acs.endpoint}\n")
+        ready = await _warm_up(stack.pool, spares, out)
+        out.write(f"placing {options.calls} calls, {options.lines} caller lines each...\n")
         out.flush()
 
         def done(report: CallReport) -> None:
@@ -215,7 +261,10 @@ async def run_demo(settings: Settings, options: DemoOptions, out: TextIO = sys.s
             transcripts = await _archived(store, call_ids)
         metrics = stack.running[0].gateway.metrics
         frames = (metrics.frames_routed("media", "in"), metrics.frames_routed("media", "out"))
-        summary = DemoSummary.build(result.calls, transcripts, frames, archive, stack.dashboard_url)
+        pool = PoolFigures.of(ready, stack.pool)
+        summary = DemoSummary.build(
+            result.calls, transcripts, frames, pool, archive, stack.dashboard_url
+        )
         out.write("\n" + summary.table() + "\n")
         out.flush()
         if options.keep_running:

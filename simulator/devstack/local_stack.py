@@ -17,12 +17,15 @@ import ray
 import uvicorn
 from pydantic import SecretStr
 
+from actors.capacity import node_call_slots
 from actors.cluster import init_local_ray
 from actors.config import CallActorConfig
+from actors.pool import WarmPool
 from gateway.app import Gateway, create_app
 from gateway.service import build_gateway, uvicorn_server
 from simulator.devstack.local_redis import LocalRedisServer, free_port
 from simulator.service import DEFAULT_EVENT_GRID_PATH, AcsStandIn
+from storage.errors import StorageError
 from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import Settings
 
@@ -42,7 +45,7 @@ class LocalStack:
     base: Settings = field(default_factory=Settings)
     replicas: int = 1
     port: int = 0  # first replica's port; 0 picks a free one
-    call_slots: int = 16
+    call_slots: int | None = None  # None: RTVOICE_CALL_SLOTS, else sized from this machine
     dashboard: bool = False
     archive_path: str | None = None
     actor_overrides: dict[str, Any] = field(default_factory=dict)
@@ -60,16 +63,23 @@ class LocalStack:
     def gateway_url(self) -> str:
         return self.running[0].url
 
+    @property
+    def pool(self) -> WarmPool:
+        """The warm pool of the first replica (all replicas share its spares)."""
+        return self.running[0].gateway.router.pool
+
     async def __aenter__(self) -> LocalStack:
         redis_url = self.base.storage.redis.url
         if redis_url is None:
             self.redis_server = LocalRedisServer().start()
             redis_url = self.redis_server.url
         if not ray.is_initialized():
+            slots = self.call_slots
             info = init_local_ray(
-                num_call_slots=self.call_slots,
+                num_call_slots=node_call_slots(self.base) if slots is None else slots,
                 include_dashboard=self.dashboard,
                 namespace=self.base.actors.ray_namespace,
+                call_slot_resource=self.base.actors.call_slot_resource,
             )
             self.dashboard_url = info.get("dashboard_url")
             self._owns_ray = True
@@ -129,6 +139,10 @@ class LocalStack:
     async def __aexit__(self, *exc: object) -> None:
         for replica in list(self.running):
             await self.stop_replica(replica)
+        if self.redis is not None and self.actor_config is not None:  # the spares go too
+            pool = WarmPool(self.redis, self.actor_config, owner="", min_spares=0, max_spares=0)
+            with contextlib.suppress(StorageError):
+                await pool.retire_all()
         if self.acs is not None:
             await self.acs.stop()
         if self.redis is not None:

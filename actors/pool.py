@@ -1,0 +1,227 @@
+"""The warm pool: spare call actors started ahead of demand, and binding a call to its actor.
+
+A spare is a fully started CallActor (process up, modules imported, storage clients connected)
+named ``spare-…`` and queued in Redis (storage/pool_store.py). Answering a call takes the oldest
+spare (an atomic LPOP: two replicas never take the same one) and binds the call to it with a
+set-once record (``call:{id}:actor``): racing replicas agree on the first owner named, a loser
+puts its spare back, and every later lookup (events, a restarted actor's reconnect) finds the
+same actor. The epoch fence of the affinity record still refuses a stale owner's writes.
+Without a spare, or without Redis, the call gets an actor named by its call id as before (Ray's
+named-actor registry decides then). Each actor serves one call and exits after it; the keeper
+refills the pool under a Redis lease, so one replica refills at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import time
+from collections import deque
+from typing import Any
+
+import ray
+from cachetools import LRUCache
+
+from actors.activation import create_call_actor, create_spare, forget_actor
+from actors.call_state import CallEnded
+from actors.config import CallActorConfig
+from storage.affinity import Endpoint
+from storage.errors import StorageError
+from storage.redis_manager import AsyncAzureRedisManager
+
+log = logging.getLogger(__name__)
+
+KEEPER_LEASE = "pool-keeper"
+MAX_TAKE_ATTEMPTS = 3  # spares found dead before falling back to a cold actor
+DEMAND_WINDOW_S = 30.0
+
+
+def pool_target(minimum: int, maximum: int, taken_recently: int) -> int:
+    """Spares to keep: the floor, raised to twice what was taken in the last window, capped."""
+    return max(minimum, min(maximum, math.ceil(2 * taken_recently)))
+
+
+class WarmPool:
+    def __init__(
+        self,
+        redis: AsyncAzureRedisManager,
+        config: CallActorConfig,
+        *,
+        owner: str,
+        min_spares: int,
+        max_spares: int,
+        timeout_s: float = 60.0,
+        start_concurrency: int = 4,
+    ) -> None:
+        self._redis = redis
+        self._config = config
+        # Spares of one actor configuration only: a replica with another (a new release, or
+        # a test's second stack) must not take a spare started with this one.
+        self.name = "pool-" + hashlib.sha256(repr(config).encode()).hexdigest()[:16]
+        self._owner = owner
+        self.min_spares = min_spares
+        self.max_spares = max(min_spares, max_spares)
+        self._timeout_s = timeout_s
+        self._starting = 0
+        self._start_slots = asyncio.Semaphore(start_concurrency)
+        self._taken: deque[float] = deque(maxlen=10_000)  # when spares were taken (this replica)
+        self._starts: set[asyncio.Task[None]] = set()
+        # One lookup-or-bind per call at a time: the answer and the media socket's first resolve
+        # race on this replica, and each would otherwise take (and give back) a spare.
+        self._owners: dict[str, asyncio.Future[str]] = {}
+        # Handles of the spares this replica started or took: no GCS lookup on the hot path.
+        self._known: LRUCache[str, Any] = LRUCache(maxsize=4096)
+        self.bind_seconds: deque[float] = deque(maxlen=1000)  # spare taken -> endpoint up
+        self.cold_starts = 0
+        self.spares_seen = 0  # queued spares at the last refill pass
+
+    # -- taking a call ---------------------------------------------------------------------
+
+    async def activate(
+        self, call_id: str, incoming: dict[str, Any] | None = None
+    ) -> tuple[Any, Endpoint]:
+        """The call's actor (a spare bound to it, or a cold one) once its stream endpoint is up.
+
+        Raises CallEnded for a call that is over."""
+        started = time.perf_counter()
+        owner = await self._owner_of(call_id)
+        if owner == call_id:  # no pool for this call: an actor named by the call id
+            handle = await asyncio.to_thread(create_call_actor, call_id, self._config)
+        else:
+            handle = await self._actor(owner)
+        try:
+            endpoint: Endpoint = await asyncio.wait_for(
+                handle.bind.remote(call_id, incoming), self._timeout_s
+            )
+        except CallEnded:
+            await asyncio.to_thread(forget_actor, handle)
+            raise
+        if owner != call_id:
+            self.bind_seconds.append(time.perf_counter() - started)
+        return handle, endpoint
+
+    async def handle(self, call_id: str) -> Any:
+        """The live actor of a call already bound (None if it has none now)."""
+        try:
+            owner = await self._redis.call_actor(call_id) or call_id
+        except StorageError:
+            owner = call_id
+        try:
+            return await self._actor(owner)
+        except ValueError:
+            return None
+
+    async def _actor(self, name: str) -> Any:
+        """The actor named ``name`` (ValueError if there is none)."""
+        handle = self._known.get(name)
+        if handle is None:
+            handle = await asyncio.to_thread(ray.get_actor, name, namespace=self._config.namespace)
+            self._known[name] = handle
+        return handle
+
+    async def _owner_of(self, call_id: str) -> str:
+        """The name of the call's actor, binding a spare to it if it has none yet."""
+        pending = self._owners.get(call_id)
+        if pending is None:
+            pending = self._owners[call_id] = asyncio.ensure_future(self._bind_owner(call_id))
+            pending.add_done_callback(lambda _: self._owners.pop(call_id, None))
+        return await asyncio.shield(pending)
+
+    async def _bind_owner(self, call_id: str) -> str:
+        try:
+            owner = await self._redis.call_actor(call_id)
+            if owner is not None:
+                return owner
+            spare = await self._take_spare()
+            owner = await self._redis.bind_call_actor(call_id, spare or call_id)
+            if spare is not None and owner != spare:  # another replica bound the call first
+                await self._redis.add_spare(self.name, spare)
+            if owner == call_id:
+                self.cold_starts += 1
+            return owner
+        except StorageError as exc:
+            log.warning("pool unavailable, starting a cold actor: %s", type(exc).__name__)
+            self.cold_starts += 1
+            return call_id
+
+    async def _take_spare(self) -> str | None:
+        for _ in range(MAX_TAKE_ATTEMPTS):
+            name = await self._redis.pop_spare(self.name)
+            if name is None:
+                return None
+            try:
+                await self._actor(name)
+            except ValueError:
+                continue  # died while waiting: the keeper replaces it
+            self._taken.append(time.monotonic())
+            return name
+        return None
+
+    # -- keeping the pool full ----------------------------------------------------------------
+
+    async def spare_count(self) -> int:
+        return await self._redis.spare_count(self.name)
+
+    def target(self) -> int:
+        now = time.monotonic()
+        recent = sum(1 for t in self._taken if now - t <= DEMAND_WINDOW_S)
+        return pool_target(self.min_spares, self.max_spares, recent)
+
+    async def refill_once(self) -> int:
+        """Start the spares the pool lacks, if this replica holds the keeper lease; returns how
+        many it started (each is queued once warm)."""
+        self.spares_seen = await self.spare_count()
+        if not await self._redis.hold_lease(KEEPER_LEASE, self._owner, lease_s=30):
+            return 0
+        missing = self.target() - self.spares_seen - self._starting
+        for _ in range(max(0, missing)):
+            self._starting += 1
+            task = asyncio.get_running_loop().create_task(self._start_spare())
+            self._starts.add(task)
+            task.add_done_callback(self._starts.discard)
+        return max(0, missing)
+
+    async def _start_spare(self) -> None:
+        handle = None
+        try:
+            async with self._start_slots:
+                name, handle = await asyncio.to_thread(create_spare, self._config)
+                await asyncio.wait_for(handle.prewarm.remote(), self._timeout_s)
+                self._known[name] = handle
+                await self._redis.add_spare(self.name, name)
+                handle = None  # queued: the pool owns it now
+        except Exception as exc:  # the next pass tries again
+            log.warning("starting a spare call actor failed: %s", type(exc).__name__)
+        finally:
+            self._starting -= 1
+            if handle is not None:  # failed or cancelled before it was queued
+                forget_actor(handle)
+
+    async def run(self, stop: asyncio.Event, interval_s: float = 0.5) -> None:
+        while not stop.is_set():
+            try:
+                await self.refill_once()
+            except StorageError as exc:
+                log.info("pool refill waits for Redis: %s", type(exc).__name__)
+            except Exception:
+                log.exception("pool refill failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        for task in list(self._starts):  # spares half started are finished or forgotten
+            task.cancel()
+        await asyncio.gather(*self._starts, return_exceptions=True)
+
+    async def retire_all(self) -> int:
+        """Stop every queued spare (a deployment going away, or a test's stack); returns count."""
+        retired = 0
+        while (name := await self._redis.pop_spare(self.name)) is not None:
+            with contextlib.suppress(ValueError):
+                handle = await asyncio.to_thread(
+                    ray.get_actor, name, namespace=self._config.namespace
+                )
+                await asyncio.to_thread(forget_actor, handle)
+                retired += 1
+        return retired

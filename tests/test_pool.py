@@ -1,0 +1,169 @@
+"""The warm pool against real Ray and a real redis-server: spares started ahead of demand, one
+actor per call when replicas race to bind it, a restarted bound actor finding its call again,
+and a fresh process for every call."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import ray
+
+from actors.activation import SPARE_PREFIX, get_call_actor
+from actors.config import CallActorConfig
+from actors.pool import WarmPool, pool_target
+from actors.stream_protocol import open_stream
+from storage.keys import RedisKeyManager
+from storage.redis_manager import AsyncAzureRedisManager
+from storage.settings import Settings
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.slow  # starts call actors on local Ray
+
+
+@pytest.fixture
+def config(
+    redis_url: str, key_manager: RedisKeyManager, ray_cluster: dict[str, Any], tmp_path: Path
+) -> CallActorConfig:
+    return CallActorConfig.from_settings(
+        Settings(),
+        redis_url=redis_url,
+        environment=key_manager.environment,
+        archive_path=str(tmp_path / "archive.sqlite3"),
+        spool_dir=str(tmp_path / "spool"),
+        ray_namespace=str(ray_cluster["namespace"]),
+        checkpoint_interval_s=0.3,
+        heartbeat_interval_s=0.5,
+    )
+
+
+def new_pool(
+    redis_mgr: AsyncAzureRedisManager, config: CallActorConfig, spares: int = 2
+) -> WarmPool:
+    owner = f"gw-{uuid.uuid4().hex[:6]}"
+    return WarmPool(redis_mgr, config, owner=owner, min_spares=spares, max_spares=spares)
+
+
+@pytest.fixture
+async def pool(
+    redis_mgr: AsyncAzureRedisManager, config: CallActorConfig
+) -> AsyncIterator[WarmPool]:
+    warm = new_pool(redis_mgr, config)
+    yield warm
+    await warm.retire_all()
+
+
+async def warm_up(pool: WarmPool, redis_mgr: AsyncAzureRedisManager, spares: int) -> None:
+    await pool.refill_once()
+    await eventually(lambda: _at_least(pool, spares), timeout=60)
+
+
+async def _at_least(pool: WarmPool, n: int) -> bool:
+    return await pool.spare_count() >= n
+
+
+def actors_of(call_id: str, namespace: str) -> list[str]:
+    """Every live spare bound to ``call_id``, from Ray's own actor list."""
+    names = []
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry.get("namespace") != namespace or not entry["name"].startswith(SPARE_PREFIX):
+            continue
+        handle = ray.get_actor(entry["name"], namespace=namespace)
+        if ray.get(handle.bound_call.remote(), timeout=10) == call_id:
+            names.append(entry["name"])
+    return names
+
+
+def test_the_target_follows_demand_between_floor_and_ceiling() -> None:
+    assert pool_target(2, 16, 0) == 2
+    assert pool_target(2, 16, 5) == 10
+    assert pool_target(2, 16, 50) == 16
+
+
+async def test_a_call_binds_a_warm_spare_and_the_pool_refills(
+    pool: WarmPool, redis_mgr: AsyncAzureRedisManager, config: CallActorConfig
+) -> None:
+    await warm_up(pool, redis_mgr, 2)
+    call_id = f"call-{uuid.uuid4().hex[:10]}"
+    handle, endpoint = await pool.activate(call_id, {"caller_id": "+14255550100"})
+    assert pool.cold_starts == 0 and await redis_mgr.call_actor(call_id) is not None
+    info = await handle.info.remote()
+    assert info["call_id"] == call_id and info["endpoint"] == endpoint
+    # Operators and tests find it by call id; its repr names the call.
+    found = await asyncio.to_thread(get_call_actor, call_id, config.namespace)
+    assert found is not None
+    assert await pool.spare_count() == 1
+    await warm_up(pool, redis_mgr, 2)  # refilled
+    await handle.shutdown.remote("test")
+
+
+async def test_racing_replicas_bind_one_actor_per_call(
+    redis_mgr: AsyncAzureRedisManager, config: CallActorConfig
+) -> None:
+    replicas = [new_pool(redis_mgr, config, spares=4), new_pool(redis_mgr, config, spares=4)]
+    await warm_up(replicas[0], redis_mgr, 4)
+    call_ids = [f"race-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    try:
+        results = await asyncio.gather(
+            *(replica.activate(call_id) for call_id in call_ids for replica in replicas)
+        )
+        for i, call_id in enumerate(call_ids):
+            a, b = results[2 * i], results[2 * i + 1]
+            assert a[1] == b[1]  # the same endpoint: the same actor, the same epoch
+            bound = await asyncio.to_thread(actors_of, call_id, config.namespace)
+            assert len(bound) == 1, bound
+        # The losers' spares went back to the pool, unbound.
+        assert await replicas[0].spare_count() == 2
+    finally:
+        for a, _ in results[::2]:
+            await a.shutdown.remote("test")
+        await replicas[0].retire_all()
+
+
+async def test_a_restarted_bound_actor_finds_its_call_again(
+    pool: WarmPool, redis_mgr: AsyncAzureRedisManager, config: CallActorConfig
+) -> None:
+    await warm_up(pool, redis_mgr, 1)
+    call_id = f"call-{uuid.uuid4().hex[:10]}"
+    handle, first = await pool.activate(call_id)
+    owner = await redis_mgr.call_actor(call_id)
+    pid = (await handle.info.remote())["pid"]
+    os.kill(pid, signal.SIGKILL)  # Ray restarts the spare's process, which knows no call
+
+    handle2, second = await pool.activate(call_id)  # as the gateway's reconnect does
+    assert await redis_mgr.call_actor(call_id) == owner
+    info = await handle2.info.remote()
+    assert info["call_id"] == call_id and info["pid"] != pid and info["restarts"] == 1
+    assert second.epoch > first.epoch  # the dead process's epoch is fenced
+    await handle2.shutdown.remote("test")
+
+
+async def test_consecutive_calls_never_share_a_process(
+    pool: WarmPool, redis_mgr: AsyncAzureRedisManager, config: CallActorConfig
+) -> None:
+    await warm_up(pool, redis_mgr, 2)
+    pids: list[int] = []
+    for caller in ("+14255550101", "+14255550102"):
+        call_id = f"call-{uuid.uuid4().hex[:10]}"
+        handle, endpoint = await pool.activate(call_id, {"caller_id": caller})
+        conn = await open_stream(endpoint.host, endpoint.port, endpoint.token, call_id, "media")
+        await conn.send_acs(orjson.dumps({"kind": "DtmfData", "dtmfData": {"data": "7"}}).decode())
+        info = await handle.info.remote()
+        assert info["context"]["caller"]["id"] == caller  # nothing of the previous call
+        assert info["ring_participants"] == [] and info["turns"] == 0
+        pids.append(info["pid"])
+        await conn.close()
+        await handle.shutdown.remote("test")
+        await eventually(lambda cid=call_id: _gone(cid, config.namespace), timeout=30)
+    assert pids[0] != pids[1]
+
+
+async def _gone(call_id: str, namespace: str) -> bool:
+    return await asyncio.to_thread(get_call_actor, call_id, namespace) is None

@@ -18,6 +18,10 @@ BENCHMARKS: dict[str, str] = {
         "N simultaneous calls: IncomingCall to the call's actor ready, and frames held at "
         "call set-up, with the warm pool and with cold actors"
     ),
+    "arrivals": (
+        "N calls arriving one per second, a minute each, on this machine's call slots: each "
+        "served whole or rejected busy at once, none answered and then dropped"
+    ),
 }
 
 

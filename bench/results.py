@@ -6,7 +6,6 @@ Plain data and formatting; never starts anything.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from storage.latency import percentile
 from storage.settings import Settings
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"  # git-ignored
@@ -91,19 +91,12 @@ class Spread:
         return " / ".join(format(v, fmt) for v in (self.p50, self.p99, self.max))
 
 
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending, non-empty sample (0 < q <= 1)."""
-    if not ordered:
-        raise ValueError("percentile of an empty sample")
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
 def spread(values: Sequence[float]) -> Spread | None:
     """None for an empty sample."""
     if not values:
         return None
     ordered = sorted(values)
-    return Spread(len(ordered), percentile(ordered, 0.5), percentile(ordered, 0.99), ordered[-1])
+    return Spread(len(ordered), percentile(ordered, 50), percentile(ordered, 99), ordered[-1])
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

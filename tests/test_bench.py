@@ -10,7 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench import call_setup
+from bench import arrivals, call_setup
+from bench.arrivals import Outcomes
 from bench.call_setup import (
     COLD,
     READY_ACTIVATION,
@@ -24,7 +25,7 @@ from bench.call_setup import (
 )
 from bench.machine import describe_machine, machine_line
 from bench.registry import ALL, BENCHMARKS, load, selected
-from bench.results import BenchResult, format_table, percentile, spread
+from bench.results import BenchOptions, BenchResult, format_table, spread
 from bench.runner import json_path, report
 from gateway.cli import build_parser
 from simulator import CallReport
@@ -45,16 +46,11 @@ def _transcript(held: int, wait_ms: float, frames_in: int = 100) -> dict[str, ob
     }
 
 
-def test_percentiles_are_nearest_rank_values_of_the_sample() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 0.5) == 50.0 and percentile(values, 0.99) == 99.0
-    assert percentile([3.0], 0.99) == 3.0
+def test_spreads_are_nearest_rank_values_of_the_sample() -> None:
     s = spread([5.0, 1.0, 3.0])
     assert s is not None and (s.n, s.p50, s.p99, s.max) == (3, 3.0, 5.0, 5.0)
     assert s.cells(".1f") == "3.0 / 5.0 / 5.0"
     assert spread([]) is None
-    with pytest.raises(ValueError):
-        percentile([], 0.5)
 
 
 def test_actor_ready_is_the_activation_else_the_first_frame_estimate() -> None:
@@ -200,3 +196,20 @@ async def test_call_setup_warm_pool_smoke_run(ray_cluster: dict[str, object]) ->
     (run,) = result.runs
     assert run["status"] == "ok", out.getvalue()
     assert run["spares_at_start"] >= 2 and run["answered"] == 2
+
+
+def test_arrival_outcomes_tell_served_rejected_and_dropped_apart() -> None:
+    served = CallReport(0, "+1", "a", answered=True, hung_up_by="caller")
+    rejected = CallReport(1, "+2", "b", rejected=True, reject_reason="busy")
+    dropped = CallReport(2, "+3", "c", answered=True, hung_up_by="app")
+    assert Outcomes.of([served, rejected, dropped]) == Outcomes(1, 1, 1, 0)
+
+
+@pytest.mark.slow  # local Ray, real-time calls
+async def test_arrivals_smoke_run(ray_cluster: dict[str, object]) -> None:
+    out = io.StringIO()
+    settings = Settings(ray_namespace=str(ray_cluster["namespace"]))
+    result = await arrivals.run(settings, BenchOptions(calls=2), out)
+    assert result.ok, out.getvalue()
+    assert result.runs[0]["outcomes"]["served"] == 2
+    assert "served whole" in result.table

@@ -32,6 +32,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from actors.call_state import CallEnded
 from gateway.acs_events import (
     MAX_BODY_BYTES,
+    MAX_ID_BYTES,
     BadPayload,
     CallbackEvent,
     IncomingCall,
@@ -326,6 +327,8 @@ async def _stream(websocket: WebSocket, stream: str) -> None:
     try:
         nonce = await _authenticate(gw, headers.get("authorization"), websocket.query_params)
         call_id = validate_identifier(headers.get(CALL_ID_HEADER, ""), "call id")
+        if len(call_id.encode()) > MAX_ID_BYTES:
+            raise AuthError("bad_call_id")
         binding = await gw.bindings.wait_for(call_id, gw.media_wait_s)
         CallBindings.check(binding, nonce, headers.get(CORRELATION_HEADER))
     except (AuthError, ValueError) as exc:

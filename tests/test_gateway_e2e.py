@@ -374,11 +374,12 @@ async def test_media_socket_for_unknown_call_or_bad_token_closes_with_1008(
     url = f"{websocket_base(harness.stack.gateway_url)}{MEDIA_PATH}?{query}"
     tokens = harness.acs.tokens
     cases = [
-        ("unknown_call", tokens.mint(MEDIA_TOKEN_LIFETIME_S)),
-        ("invalid_token", tokens.mint(MEDIA_TOKEN_LIFETIME_S, TokenFault.FORGED)),
+        ("unknown_call", tokens.mint(MEDIA_TOKEN_LIFETIME_S), str(uuid.uuid4())),
+        ("invalid_token", tokens.mint(MEDIA_TOKEN_LIFETIME_S, TokenFault.FORGED), "c1"),
+        ("bad_call_id", tokens.mint(MEDIA_TOKEN_LIFETIME_S), "c" * 4096),  # refused unread
     ]
-    for reason, token in cases:
-        unknown = wire.CallIds(str(uuid.uuid4()), "server-call", str(uuid.uuid4()))
+    for reason, token, call_id in cases:
+        unknown = wire.CallIds(call_id, "server-call", str(uuid.uuid4()))
         before = gateway.metrics.refused_count("media", reason)
         ws = await connect_as_acs(url, unknown, token)
         await asyncio.wait_for(ws.wait_closed(), LIVE_TIMEOUT_S)

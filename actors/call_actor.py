@@ -429,8 +429,7 @@ class CallActor:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.end_drain_s):
-                while server.connections:
-                    await asyncio.sleep(0.05)
+                await server.wait_idle()
 
     async def _archive_call(self, reason: str) -> None:
         now = time.time()

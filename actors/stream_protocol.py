@@ -196,6 +196,12 @@ class StreamServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections: set[ServerConnection] = set()
+        self._idle = asyncio.Event()  # set while no gateway connection is open
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until no gateway connection is open (the end of call reads on until then)."""
+        await self._idle.wait()
 
     async def start(self) -> int:
         """Listen; returns the bound port (an ephemeral one when ``port`` was 0)."""
@@ -258,11 +264,14 @@ class StreamServer:
             await writer.drain()
             conn = ServerConnection(hello.stream, writer)
             self.connections.add(conn)
+            self._idle.clear()
             self._handler.on_open(conn)
             try:
                 await self._loop(reader, conn)
             finally:
                 self.connections.discard(conn)
+                if not self.connections:
+                    self._idle.set()
                 conn.close()
                 self._handler.on_close(conn)
         except (ConnectionError, OSError):

@@ -22,6 +22,10 @@ BENCHMARKS: dict[str, str] = {
         "N calls arriving one per second, a minute each, on this machine's call slots: each "
         "served whole or rejected busy at once, none answered and then dropped"
     ),
+    "data_plane": "N calls streaming at real time: gateway and actor CPU, latency, loss, baselines",
+    "checkpoint": "checkpoint latency with N calls checkpointing at once, against one Redis SET",
+    "density": "private memory and idle CPU per live call actor, against a bare Ray actor",
+    "archive": "CallDisconnected to transcript readable, embedded SQLite and the Cosmos emulator",
 }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench import arrivals, call_setup
+from bench import arrivals, call_setup, data_plane
 from bench.arrivals import Outcomes
 from bench.call_setup import (
     COLD,
@@ -213,3 +213,131 @@ async def test_arrivals_smoke_run(ray_cluster: dict[str, object]) -> None:
     assert result.ok, out.getvalue()
     assert result.runs[0]["outcomes"]["served"] == 2
     assert "served whole" in result.table
+
+
+def test_checkpoint_verdict_compares_p99_with_a_single_set() -> None:
+    from bench.checkpoint import Samples, Verdict
+    from bench.checkpoint import table as checkpoint_table
+
+    samples = Samples(checkpoint_ms=[0.5, 1.0, 1.5], set_ms=[0.5, 0.8, 1.0], quiet_set_ms=[0.2])
+    s = samples.spreads()
+    verdict = Verdict.of(s["checkpoint"], s["set_same_load"])
+    assert verdict.ratio_p99 == pytest.approx(1.5) and verdict.within_ratio
+    assert verdict.p99_under and verdict.max_under
+    slow = Verdict.of(spread([1.0, 12.0]), spread([1.0, 2.0]))
+    assert not slow.within_ratio and not slow.p99_under and not slow.max_under
+    assert Verdict.of(None, s["set_same_load"]).ratio_p99 is None
+    text = checkpoint_table(samples, calls=3)
+    assert "checkpoint (3 calls at once)" in text and "p99 1.50x" in text
+
+
+async def test_checkpoint_smoke_run_on_a_private_redis() -> None:
+    from bench.checkpoint import run_checkpoint
+
+    out = io.StringIO()
+    result = await run_checkpoint(Settings(), 2, out, duration_s=1.5)
+    assert result.ok, out.getvalue()
+    (run,) = result.runs
+    assert run["checkpoints"] > 0 and run["summary_ms"]["set_same_load"]["n"] > 0
+    assert "2 live calls" in out.getvalue()
+    assert "single SET, same load" in result.table
+
+
+def test_density_reads_private_memory_and_cpu_from_proc() -> None:
+    import os
+
+    from bench.density import Reading, cpu_ticks, measure_window, private_kib, ratio, summaries
+    from bench.density import table as density_table
+
+    assert (private_kib(os.getpid()) or 0) > 0 and cpu_ticks(os.getpid()) is not None
+    assert private_kib(2**22 + 1) is None and cpu_ticks(2**22 + 1) is None
+    readings = [Reading("call", os.getpid()), Reading("bare", os.getpid())]
+    measure_window(readings, 0.0, sleep=lambda _: None)
+    assert all(r.uss_mib and r.cpu_percent is not None for r in readings)
+    s = summaries([Reading("call", 1, 60.0, 1.0), Reading("bare", 2, 50.0, 1.0)])
+    assert ratio(s["call"]["uss_mib"], s["bare"]["uss_mib"]) == pytest.approx(1.2)
+    text = density_table([Reading("call", 1, 60.0, 1.0), Reading("bare", 2, 50.0, 1.0)], 1, 20)
+    assert "1.20x" in text and "memory met" in text
+
+
+def test_archive_table_shows_a_skipped_store() -> None:
+    from bench.archive import COSMOS, SQLITE, CallEnd, StoreRun
+    from bench.archive import table as archive_table
+
+    sqlite = StoreRun(SQLITE, 2, ends=[CallEnd("a", 1.0, 2.0, 50.0, 2), CallEnd("b", error="x")])
+    cosmos = StoreRun(COSMOS, 2, note="skipped: emulator not installed")
+    assert sqlite.status == "calls_failed" and cosmos.status == "skipped"
+    text = archive_table([sqlite, cosmos])
+    assert "1/2" in text and "skipped: emulator not installed" in text
+    assert "50.0 / 50.0 / 50.0" in text and "NOT met" in text
+
+
+@pytest.mark.slow  # local Ray, call actors
+async def test_density_smoke_run(ray_cluster: dict[str, object]) -> None:
+    from bench.density import run_density
+
+    out = io.StringIO()
+    settings = Settings(ray_namespace=str(ray_cluster["namespace"]))
+    result = await run_density(settings, 1, out, window_s=1.0, settle_s=0.0)
+    assert result.ok, out.getvalue()
+    kinds = sorted(r["kind"] for r in result.runs[0]["per_actor"])
+    assert kinds == ["bare", "call"] and "private memory, USS (MB)" in result.table
+
+
+@pytest.mark.slow  # local Ray, call actors, the Cosmos emulator when installed
+async def test_archive_smoke_run(ray_cluster: dict[str, object]) -> None:
+    from bench.archive import run_archive
+
+    out = io.StringIO()
+    settings = Settings(ray_namespace=str(ray_cluster["namespace"]))
+    result = await run_archive(settings, 1, out)
+    assert result.ok, out.getvalue()
+    sqlite = result.runs[0]
+    assert (sqlite["store"], sqlite["status"], sqlite["measured"]) == ("sqlite", "ok", 1)
+    assert sqlite["per_call"][0]["turns_archived"] == 2
+    assert result.runs[1]["status"] in ("ok", "skipped")
+
+
+def test_data_plane_reads_cpu_from_proc_and_tabulates_a_run() -> None:
+    import os
+
+    assert (data_plane.proc_cpu_s(os.getpid()) or 0.0) > 0.0
+    assert data_plane.proc_cpu_s(2**22 + 7) is None  # no such pid
+    assert data_plane.cpu_percent(1.0, 1.5, 10.0) == pytest.approx(5.0)
+    assert data_plane.latency_summary([])["p50"] is None
+    summary = data_plane.latency_summary([float(i) for i in range(1, 1001)])
+    assert summary["p99"] == 990.0 and summary["p99_9"] in (999.0, 1000.0)
+
+    run = data_plane.DataPlaneRun(
+        calls=2, talk_s=8.0, window_s=10.0, streaming=2, answered=2, archived=2
+    )
+    run.gateway_cpu_pct, run.floor_cpu_pct = 4.0, 1.0
+    run.per_call = [
+        data_plane.CallMeasure("a", 1, 2.0, 500, frames_sent=600, frames_in=600,
+                               latency_p50_ms=1.0, latency_p99_ms=5.0),
+        data_plane.CallMeasure("b", 2, 3.0, 500, frames_sent=600, frames_in=590,
+                               latency_p50_ms=2.0, latency_p99_ms=9.0),
+    ]
+    assert (run.frame_rate, run.lost, run.gateway_cpu_per_call) == (100.0, 10, 2.0)
+    assert run.capacity_estimate(2) == pytest.approx(100.0 / 0.09 * 2)
+    ray_b = data_plane.Baseline("ray", 100.0, 100.0, {"p50": 2.0}, saturated_rate=1000.0)
+    sock_b = data_plane.Baseline("sock", 100.0, 100.0, {"p50": 0.1}, saturated_rate=1e6)
+    text = data_plane.table(run, ray_b, sock_b, cores=2)
+    assert "1,200 / 1,190 / 10" in text and "2.00% of a core" in text
+    checks = data_plane.targets(run, ray_b, sock_b, cores=2)
+    assert checks["gateway_at_most_0_3pct_core_per_call"] is False
+    assert checks["data_plane_at_least_half_raw_socket"] is False
+    assert run.to_json()["frames_lost"] == 10
+
+
+@pytest.mark.slow  # local Ray, a real-time call, a subprocess load generator
+async def test_data_plane_smoke_run(ray_cluster: dict[str, object]) -> None:
+    out = io.StringIO()
+    settings = Settings(ray_namespace=str(ray_cluster["namespace"]))
+    result = await data_plane.run_data_plane(settings, 1, out, talk_s=5.0, window_s=1.0)
+    assert result.ok, out.getvalue() + result.table
+    doc = result.runs[0]
+    assert doc["data_plane"]["answered"] == 1 and doc["data_plane"]["frames_sent"] > 0
+    assert doc["ray_call_per_frame"]["saturated_rate"] > 0
+    assert doc["raw_loopback_socket"]["saturated_rate"] > 0
+    assert "Ray call per frame" in result.table

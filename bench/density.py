@@ -1,0 +1,307 @@
+"""``rtvoice bench density``: what one live call costs its node while it is idle, against a bare
+Ray actor started in the same run.
+
+N call actors (real ``CallActor``s on local Ray, activated, their media and transcription streams
+connected and silent, the production checkpoint and heartbeat cadence) and N bare actors
+(``bench.bare_actor.BareActor``: a trivial async actor with the same ``num_cpus=0`` and one call
+slot). Each Ray actor is its own worker process; per process: private memory (USS, the
+``Private_*`` lines of ``/proc/<pid>/smaps_rollup``) and CPU (``utime + stime`` of
+``/proc/<pid>/stat``) over a window. Only ``run_density`` starts anything; the readings and the
+table are plain data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import ray
+
+from actors.activation import aactivate, forget_actor
+from actors.cluster import init_local_ray
+from actors.config import CallActorConfig
+from actors.stream_protocol import StreamConnection, open_stream
+from bench.bare_actor import BareActor
+from bench.machine import describe_machine
+from bench.results import Benchmark, BenchOptions, BenchResult, format_table
+from simulator.devstack.local_redis import LocalRedisServer
+from storage.settings import Settings
+
+NAME = "density"
+DEFAULT_CALLS = 10
+WINDOW_S = 20.0  # idle CPU measured over this long
+SETTLE_S = 5.0  # after every actor is up, before measuring
+PROGRESS_EVERY_S = 5.0
+TARGET_RATIO = 1.2  # per live call at most 1.2x a bare Ray actor (memory; CPU likewise)
+
+CALLER = "+14255550199"
+
+DEFINITIONS = {
+    "call actor": (
+        "a CallActor on local Ray, activated for a call (epoch claimed, caller profile looked "
+        "up, stream endpoint up, first checkpoint), its media and transcription streams "
+        "connected and silent; checkpoint every 2 s, heartbeat every 5 s (the defaults)"
+    ),
+    "bare Ray actor": (
+        "a trivial async Ray actor (bench/bare_actor.py, imports only os) with num_cpus=0 and "
+        "one call slot, like a call actor"
+    ),
+    "private memory (USS)": (
+        "the sum of the Private_* lines of /proc/<pid>/smaps_rollup of the actor's worker "
+        "process: memory no other process shares, at the end of the window"
+    ),
+    "idle CPU": "utime + stime of /proc/<pid>/stat over the window, as % of one core",
+}
+
+
+def private_kib(pid: int) -> int | None:
+    """USS in KiB from ``/proc/<pid>/smaps_rollup`` (None if the process is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    return sum(int(line.split()[1]) for line in text.splitlines() if line.startswith("Private_"))
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """utime + stime of ``pid`` in clock ticks (None if the process is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)"; comm may hold spaces
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+@dataclass(slots=True)
+class Reading:
+    kind: str  # "call" or "bare"
+    pid: int
+    uss_mib: float | None = None
+    cpu_percent: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "pid": self.pid,
+            "uss_mib": None if self.uss_mib is None else round(self.uss_mib, 2),
+            "cpu_percent": None if self.cpu_percent is None else round(self.cpu_percent, 3),
+        }
+
+
+def measure_window(readings: list[Reading], window_s: float, sleep: Any = time.sleep) -> None:
+    """CPU over ``window_s`` and USS at its end, for every reading's process (blocking)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    before = {r.pid: cpu_ticks(r.pid) for r in readings}
+    started = time.monotonic()
+    sleep(window_s)
+    elapsed = time.monotonic() - started
+    for r in readings:
+        start, end = before[r.pid], cpu_ticks(r.pid)
+        if start is not None and end is not None:
+            r.cpu_percent = (end - start) / hz / elapsed * 100.0
+        kib = private_kib(r.pid)
+        r.uss_mib = None if kib is None else kib / 1024.0
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    n: int
+    mean: float
+    max: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Summary | None:
+        return Summary(len(values), statistics.fmean(values), max(values)) if values else None
+
+
+def summaries(readings: list[Reading]) -> dict[str, dict[str, Summary | None]]:
+    out: dict[str, dict[str, Summary | None]] = {}
+    for kind in ("call", "bare"):
+        mine = [r for r in readings if r.kind == kind]
+        out[kind] = {
+            "uss_mib": Summary.of([r.uss_mib for r in mine if r.uss_mib is not None]),
+            "cpu_percent": Summary.of([r.cpu_percent for r in mine if r.cpu_percent is not None]),
+        }
+    return out
+
+
+def ratio(call: Summary | None, bare: Summary | None) -> float | None:
+    if call is None or bare is None or bare.mean <= 0:
+        return None
+    return call.mean / bare.mean
+
+
+def table(readings: list[Reading], calls: int, window_s: float) -> str:
+    s = summaries(readings)
+    header = [
+        "per actor: mean / max",
+        f"call actor ({calls} live)",
+        f"bare Ray actor ({calls})",
+        "ratio (means)",
+    ]
+    rows = []
+    verdicts = []
+    for title, key, fmt, label in (
+        ("private memory, USS (MB)", "uss_mib", ".1f", "memory"),
+        (f"idle CPU, {window_s:.0f} s (% of a core)", "cpu_percent", ".2f", "idle CPU"),
+    ):
+        call, bare = s["call"][key], s["bare"][key]
+        r = ratio(call, bare)
+
+        def cell(x: Summary | None, fmt: str = fmt) -> str:
+            return "-" if x is None else f"{x.mean:{fmt}} / {x.max:{fmt}}"
+
+        rows.append([title, cell(call), cell(bare), "-" if r is None else f"{r:.2f}x"])
+        verdicts.append(f"{label} {'met' if r is not None and r <= TARGET_RATIO else 'NOT met'}")
+    lines = [format_table(header, rows)]
+    lines.append(f"  target: at most {TARGET_RATIO:g}x a bare Ray actor: " + "; ".join(verdicts))
+    return "\n".join(lines)
+
+
+async def _pids_of_calls(handles: list[Any]) -> list[int]:
+    infos = await asyncio.gather(*(h.info.remote() for h in handles))
+    return [int(i["pid"]) for i in infos]
+
+
+async def run_density(
+    settings: Settings,
+    calls: int,
+    out: TextIO,
+    *,
+    window_s: float = WINDOW_S,
+    settle_s: float = SETTLE_S,
+) -> BenchResult:
+    if calls < 1:
+        raise ValueError("density needs at least one call")
+    started_at = datetime.now(UTC)
+    slots = 2 * calls + 2
+    owns_ray = not ray.is_initialized()
+    namespace = settings.actors.ray_namespace
+    slot = settings.actors.call_slot_resource
+    if owns_ray:
+        out.write("density: starting local Ray\n")
+        namespace = f"rtvoice-bench-{uuid.uuid4().hex[:6]}"
+        init_local_ray(num_call_slots=slots, namespace=namespace, call_slot_resource=slot)
+    handles: list[Any] = []
+    bare: list[Any] = []
+    streams: list[StreamConnection] = []
+    readings: list[Reading] = []
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="rtvoice-density-") as tmp,
+            LocalRedisServer() as rs,
+        ):
+            config = CallActorConfig.from_settings(
+                settings,
+                redis_url=rs.url,
+                environment=f"bench{uuid.uuid4().hex[:6]}",
+                archive_path=str(Path(tmp) / "archive.sqlite3"),
+                spool_dir=str(Path(tmp) / "spool"),
+                call_idle_timeout_s=max(600.0, 10 * window_s),
+                ray_namespace=namespace,
+                call_slot_resource=slot,
+            )
+            out.write(f"density: activating {calls} call actors and {calls} bare actors\n")
+            out.flush()
+            begun = time.monotonic()
+            incoming = {
+                "caller": {"kind": "phoneNumber", "raw_id": "4:" + CALLER},
+                "caller_id": CALLER,
+            }
+            activated = await asyncio.gather(
+                *(
+                    aactivate(f"density-{uuid.uuid4().hex[:10]}", config, incoming=incoming)
+                    for _ in range(calls)
+                )
+            )
+            remote = ray.remote(BareActor).options(num_cpus=0, resources={slot: 1})
+            bare = [remote.remote() for _ in range(calls)]
+            bare_pids = await asyncio.gather(*(b.pid.remote() for b in bare))
+            for handle, ep in activated:
+                handles.append(handle)
+                call_id = (await handle.info.remote())["call_id"]
+                for stream in ("media", "transcription"):
+                    streams.append(await open_stream(ep.host, ep.port, ep.token, call_id, stream))
+            out.write(f"  all up in {time.monotonic() - begun:.1f} s; settling {settle_s:.0f} s\n")
+            out.flush()
+            await asyncio.sleep(settle_s)
+            readings = [Reading("call", pid) for pid in await _pids_of_calls(handles)]
+            readings += [Reading("bare", int(pid)) for pid in bare_pids]
+            out.write(f"  measuring {len(readings)} processes over {window_s:.0f} s\n")
+            out.flush()
+
+            async def progress() -> None:
+                t0 = time.monotonic()
+                while True:
+                    await asyncio.sleep(PROGRESS_EVERY_S)
+                    out.write(f"  {time.monotonic() - t0:5.1f} s of {window_s:.0f} s\n")
+                    out.flush()
+
+            ticker = asyncio.create_task(progress())
+            try:
+                await asyncio.to_thread(measure_window, readings, window_s)
+            finally:
+                ticker.cancel()
+            still = await _pids_of_calls(handles)  # every call actor still alive and the same
+            if sorted(still) != sorted(r.pid for r in readings if r.kind == "call"):
+                raise RuntimeError("a call actor restarted during the window")
+            for conn in streams:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            await asyncio.gather(
+                *(asyncio.wait_for(h.shutdown.remote("bench"), 30) for h in handles),
+                return_exceptions=True,
+            )
+    finally:
+        for handle in [*handles, *bare]:
+            await asyncio.to_thread(forget_actor, handle)
+        if owns_ray:
+            ray.shutdown()
+    s = summaries(readings)
+    ok = (
+        all(r.uss_mib is not None and r.cpu_percent is not None for r in readings)
+        and len(readings) == 2 * calls
+    )
+    return BenchResult(
+        name=NAME,
+        command=f"rtvoice bench {NAME} --calls {calls}",
+        started_at=started_at,
+        machine=describe_machine(),
+        params={"calls": calls, "window_s": window_s, "settle_s": settle_s, "call_slots": slots},
+        definitions=DEFINITIONS,
+        runs=[
+            {
+                "summary": {
+                    kind: {
+                        key: None
+                        if v is None
+                        else {"n": v.n, "mean": round(v.mean, 3), "max": round(v.max, 3)}
+                        for key, v in by_key.items()
+                    }
+                    for kind, by_key in s.items()
+                },
+                "ratio_uss": ratio(s["call"]["uss_mib"], s["bare"]["uss_mib"]),
+                "ratio_cpu": ratio(s["call"]["cpu_percent"], s["bare"]["cpu_percent"]),
+                "per_actor": [r.to_json() for r in readings],
+            }
+        ],
+        table=table(readings, calls, window_s),
+        ok=ok,
+    )
+
+
+async def run(settings: Settings, options: BenchOptions, out: TextIO) -> BenchResult:
+    return await run_density(settings, options.calls or DEFAULT_CALLS, out)
+
+
+BENCHMARK = Benchmark(name=NAME, default_calls=DEFAULT_CALLS, run=run)

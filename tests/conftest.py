@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from actors.config import CallActorConfig
 from simulator.devstack.local_redis import LocalRedisServer
 from storage.keys import RedisKeyManager
 from storage.redis_manager import AsyncAzureRedisManager
+from storage.settings import Settings
 from tests.helpers import REDIS_OP_TIMEOUT_S
 from tests.servers import EMULATOR_KEY, CosmosEmulator
 
@@ -67,3 +71,23 @@ def ray_cluster() -> Iterator[dict[str, object]]:
     info = init_local_ray(num_call_slots=32, namespace=f"rtvoice-test-{uuid.uuid4().hex[:8]}")
     yield info
     ray.shutdown()
+
+
+@pytest.fixture
+def actor_config(
+    redis_url: str, key_manager: RedisKeyManager, tmp_path: Path
+) -> Callable[..., CallActorConfig]:
+    """Builds a call actor config on the session's Redis, in this test's key environment and
+    temporary archive; knobs and settings (by flat name) are changed by keyword."""
+
+    def build(**changes: Any) -> CallActorConfig:
+        return CallActorConfig.from_settings(
+            Settings(),
+            redis_url=redis_url,
+            environment=key_manager.environment,
+            archive_path=str(tmp_path / "archive.sqlite3"),
+            spool_dir=str(tmp_path / "spool"),
+            **changes,
+        )
+
+    return build

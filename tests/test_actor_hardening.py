@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import numpy as np
@@ -17,7 +16,6 @@ from actors.acs_media import MAX_TRANSCRIPT_CHARS
 from actors.call_actor import CallActor
 from actors.config import CallActorConfig
 from actors.stream_protocol import ServerConnection
-from storage.keys import RedisKeyManager
 from storage.settings import Settings
 from storage.sqlite_archive import SqliteArchive
 from tests.helpers import eventually
@@ -64,13 +62,8 @@ def feed(actor: CallActor, *messages: str) -> None:
 
 
 @pytest.fixture
-def config(redis_url: str, key_manager: RedisKeyManager, tmp_path: Path) -> CallActorConfig:
-    return CallActorConfig.from_settings(
-        Settings(),
-        redis_url=redis_url,
-        environment=key_manager.environment,
-        archive_path=str(tmp_path / "archive.sqlite3"),
-        spool_dir=str(tmp_path / "spool"),
+def config(actor_config: Callable[..., CallActorConfig]) -> CallActorConfig:
+    return actor_config(
         call_idle_timeout_s=60.0,
         checkpoint_interval_s=0.1,
         heartbeat_interval_s=0.2,

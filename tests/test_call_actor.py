@@ -8,8 +8,7 @@ import itertools
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -31,8 +30,6 @@ from actors.stream_protocol import (
 from simulator.devstack.local_redis import LocalRedisServer
 from storage.affinity import Endpoint
 from storage.errors import StaleEpochError
-from storage.keys import RedisKeyManager
-from storage.settings import Settings
 from storage.sqlite_archive import SqliteArchive
 from tests.helpers import eventually
 
@@ -135,14 +132,9 @@ def new_call(call_ids: list[str]) -> str:
 
 @pytest.fixture
 def config(
-    redis_url: str, key_manager: RedisKeyManager, ray_cluster: dict[str, Any], tmp_path: Path
+    actor_config: Callable[..., CallActorConfig], ray_cluster: dict[str, Any]
 ) -> CallActorConfig:
-    return CallActorConfig.from_settings(
-        Settings(),
-        redis_url=redis_url,
-        environment=key_manager.environment,
-        archive_path=str(tmp_path / "archive.sqlite3"),
-        spool_dir=str(tmp_path / "spool"),
+    return actor_config(
         call_idle_timeout_s=60.0,
         checkpoint_interval_s=0.3,
         heartbeat_interval_s=0.5,

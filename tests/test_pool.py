@@ -8,8 +8,7 @@ import asyncio
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -20,9 +19,7 @@ from actors.activation import SPARE_PREFIX, get_call_actor
 from actors.config import CallActorConfig
 from actors.pool import WarmPool, pool_target
 from actors.stream_protocol import open_stream
-from storage.keys import RedisKeyManager
 from storage.redis_manager import AsyncAzureRedisManager
-from storage.settings import Settings
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow  # starts call actors on local Ray
@@ -30,14 +27,9 @@ pytestmark = pytest.mark.slow  # starts call actors on local Ray
 
 @pytest.fixture
 def config(
-    redis_url: str, key_manager: RedisKeyManager, ray_cluster: dict[str, Any], tmp_path: Path
+    actor_config: Callable[..., CallActorConfig], ray_cluster: dict[str, Any]
 ) -> CallActorConfig:
-    return CallActorConfig.from_settings(
-        Settings(),
-        redis_url=redis_url,
-        environment=key_manager.environment,
-        archive_path=str(tmp_path / "archive.sqlite3"),
-        spool_dir=str(tmp_path / "spool"),
+    return actor_config(
         ray_namespace=str(ray_cluster["namespace"]),
         checkpoint_interval_s=0.3,
         heartbeat_interval_s=0.5,

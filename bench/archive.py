@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
-import ray
 
 from actors.activation import aactivate, forget_actor
-from actors.cluster import init_local_ray
 from actors.config import CallActorConfig
 from actors.stream_protocol import open_stream
+from bench.local_ray import local_ray
 from bench.machine import describe_machine
 from bench.results import Benchmark, BenchOptions, BenchResult, Spread, format_table, spread
 from simulator.devstack.local_redis import (
@@ -295,48 +294,39 @@ async def run_archive(
     if calls < 1:
         raise ValueError("archive needs at least one call")
     started_at = datetime.now(UTC)
-    owns_ray = not ray.is_initialized()
-    namespace = settings.actors.ray_namespace
     slot = settings.actors.call_slot_resource
     slots = calls + 4
-    if owns_ray:
-        out.write("archive: starting local Ray\n")
-        namespace = f"rtvoice-bench-{uuid.uuid4().hex[:6]}"
-        init_local_ray(num_call_slots=slots, namespace=namespace, call_slot_resource=slot)
     runs: list[StoreRun] = []
-    try:
-        with (
-            tempfile.TemporaryDirectory(prefix="rtvoice-archive-") as tmp,
-            LocalRedisServer() as rs,
-        ):
-            base = CallActorConfig.from_settings(
-                settings,
-                redis_url=rs.url,
-                environment=f"bench{uuid.uuid4().hex[:6]}",
-                archive_path=str(Path(tmp) / "archive.sqlite3"),
-                spool_dir=str(Path(tmp) / "spool"),
-                ray_namespace=namespace,
-                call_slot_resource=slot,
-            )
-            for store in stores:
-                if store == COSMOS and not EMULATOR_BIN.exists():
-                    note = "skipped: emulator not installed (npm ci in tests/cosmos_emulator)"
+    with (
+        local_ray(settings, slots, out, NAME, own_namespace=True) as namespace,
+        tempfile.TemporaryDirectory(prefix="rtvoice-archive-") as tmp,
+        LocalRedisServer() as rs,
+    ):
+        base = CallActorConfig.from_settings(
+            settings,
+            redis_url=rs.url,
+            environment=f"bench{uuid.uuid4().hex[:6]}",
+            archive_path=str(Path(tmp) / "archive.sqlite3"),
+            spool_dir=str(Path(tmp) / "spool"),
+            ray_namespace=namespace,
+            call_slot_resource=slot,
+        )
+        for store in stores:
+            if store == COSMOS and not EMULATOR_BIN.exists():
+                note = "skipped: emulator not installed (npm ci in tests/cosmos_emulator)"
+                out.write(f"archive [{STORE_LABELS[store]}]: {note}\n")
+                runs.append(StoreRun(store, calls, note=note))
+                continue
+            if store == COSMOS:
+                try:
+                    with cosmos_emulator() as endpoint:
+                        runs.append(await run_store(base, store, calls, out, endpoint))
+                except RuntimeError as exc:  # the emulator did not start
+                    note = f"skipped: emulator did not start ({exc})"
                     out.write(f"archive [{STORE_LABELS[store]}]: {note}\n")
                     runs.append(StoreRun(store, calls, note=note))
-                    continue
-                if store == COSMOS:
-                    try:
-                        with cosmos_emulator() as endpoint:
-                            runs.append(await run_store(base, store, calls, out, endpoint))
-                    except RuntimeError as exc:  # the emulator did not start
-                        note = f"skipped: emulator did not start ({exc})"
-                        out.write(f"archive [{STORE_LABELS[store]}]: {note}\n")
-                        runs.append(StoreRun(store, calls, note=note))
-                else:
-                    runs.append(await run_store(base, store, calls, out, None))
-    finally:
-        if owns_ray:
-            ray.shutdown()
+            else:
+                runs.append(await run_store(base, store, calls, out, None))
     return BenchResult(
         name=NAME,
         command=f"rtvoice bench {NAME} --calls {calls}",

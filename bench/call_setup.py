@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-import ray
-
-from actors.cluster import init_local_ray
+from bench.local_ray import local_ray
 from bench.machine import describe_machine
 from bench.results import Benchmark, BenchOptions, BenchResult, Spread, format_table, spread
 from simulator import CallerScript, CallReport, Scenario, ScriptLine, run_scenario
@@ -482,22 +480,11 @@ async def run_call_setup(
     if calls < 1:
         raise ValueError("call_setup needs at least one call")
     started_at = datetime.now(UTC)
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        _say(out, "call_setup: starting local Ray")
-        init_local_ray(
-            num_call_slots=call_slots(calls),
-            namespace=settings.actors.ray_namespace,
-            call_slot_resource=settings.actors.call_slot_resource,
-        )
-    try:
+    with local_ray(settings, call_slots(calls), out, NAME):
         results = [
             await run_mode(settings, mode, calls, out, warm_timeout=warm_timeout)
             for mode in modes
         ]
-    finally:
-        if owns_ray:
-            ray.shutdown()
     return BenchResult(
         name=NAME,
         command=f"rtvoice bench {NAME} --calls {calls}",

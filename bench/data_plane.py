@@ -36,9 +36,9 @@ import orjson
 import ray
 from pydantic import SecretStr
 
-from actors.cluster import init_local_ray
 from actors.config import CallActorConfig
 from actors.pool import WarmPool
+from bench.local_ray import local_ray
 from bench.machine import describe_machine
 from bench.results import Benchmark, BenchOptions, BenchResult, format_table
 from gateway.app import create_app
@@ -722,24 +722,13 @@ async def run_data_plane(
     ray_n = 500 if small else RAY_SATURATE_FRAMES
     sock_n = 10_000 if small else SOCKET_SATURATE_FRAMES
     started_at = datetime.now(UTC)
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        _say(out, "data_plane: starting local Ray")
-        init_local_ray(
-            num_call_slots=max(16, 3 * calls),
-            namespace=settings.actors.ray_namespace,
-            call_slot_resource=settings.actors.call_slot_resource,
-        )
-    try:
+    with local_ray(settings, max(16, 3 * calls), out, NAME):
         run = await measure_data_plane(settings, calls, talk, window, out)
         _say(out, f"  baseline: one Ray actor call per frame ({calls * FRAMES_PER_S}/s, then "
                   "saturated)")
         ray_b = await ray_call_baseline(calls, ray_s, ray_n)
         _say(out, "  baseline: raw loopback socket (paced, then saturated)")
         sock_b = await socket_baseline(calls, 1.0 if small else SOCKET_PACED_S, sock_n)
-    finally:
-        if owns_ray:
-            ray.shutdown()
     machine = describe_machine()
     cores = int(machine.get("usable_cores") or machine.get("cores") or 1)
     ok = not run.note and run.answered == calls and run.archived == calls

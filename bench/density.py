@@ -27,10 +27,10 @@ from typing import Any, TextIO
 import ray
 
 from actors.activation import aactivate, forget_actor
-from actors.cluster import init_local_ray
 from actors.config import CallActorConfig
 from actors.stream_protocol import StreamConnection, open_stream
 from bench.bare_actor import BareActor
+from bench.local_ray import local_ray
 from bench.machine import describe_machine
 from bench.results import Benchmark, BenchOptions, BenchResult, format_table
 from simulator.devstack.local_redis import LocalRedisServer
@@ -185,88 +185,85 @@ async def run_density(
         raise ValueError("density needs at least one call")
     started_at = datetime.now(UTC)
     slots = 2 * calls + 2
-    owns_ray = not ray.is_initialized()
-    namespace = settings.actors.ray_namespace
     slot = settings.actors.call_slot_resource
-    if owns_ray:
-        out.write("density: starting local Ray\n")
-        namespace = f"rtvoice-bench-{uuid.uuid4().hex[:6]}"
-        init_local_ray(num_call_slots=slots, namespace=namespace, call_slot_resource=slot)
     handles: list[Any] = []
     bare: list[Any] = []
     streams: list[StreamConnection] = []
     readings: list[Reading] = []
-    try:
-        with (
-            tempfile.TemporaryDirectory(prefix="rtvoice-density-") as tmp,
-            LocalRedisServer() as rs,
-        ):
-            config = CallActorConfig.from_settings(
-                settings,
-                redis_url=rs.url,
-                environment=f"bench{uuid.uuid4().hex[:6]}",
-                archive_path=str(Path(tmp) / "archive.sqlite3"),
-                spool_dir=str(Path(tmp) / "spool"),
-                call_idle_timeout_s=max(600.0, 10 * window_s),
-                ray_namespace=namespace,
-                call_slot_resource=slot,
-            )
-            out.write(f"density: activating {calls} call actors and {calls} bare actors\n")
-            out.flush()
-            begun = time.monotonic()
-            incoming = {
-                "caller": {"kind": "phoneNumber", "raw_id": "4:" + CALLER},
-                "caller_id": CALLER,
-            }
-            activated = await asyncio.gather(
-                *(
-                    aactivate(f"density-{uuid.uuid4().hex[:10]}", config, incoming=incoming)
-                    for _ in range(calls)
+    with local_ray(settings, slots, out, NAME, own_namespace=True) as namespace:
+        try:
+            with (
+                tempfile.TemporaryDirectory(prefix="rtvoice-density-") as tmp,
+                LocalRedisServer() as rs,
+            ):
+                config = CallActorConfig.from_settings(
+                    settings,
+                    redis_url=rs.url,
+                    environment=f"bench{uuid.uuid4().hex[:6]}",
+                    archive_path=str(Path(tmp) / "archive.sqlite3"),
+                    spool_dir=str(Path(tmp) / "spool"),
+                    call_idle_timeout_s=max(600.0, 10 * window_s),
+                    ray_namespace=namespace,
+                    call_slot_resource=slot,
                 )
-            )
-            remote = ray.remote(BareActor).options(num_cpus=0, resources={slot: 1})
-            bare = [remote.remote() for _ in range(calls)]
-            bare_pids = await asyncio.gather(*(b.pid.remote() for b in bare))
-            for handle, ep in activated:
-                handles.append(handle)
-                call_id = (await handle.info.remote())["call_id"]
-                for stream in ("media", "transcription"):
-                    streams.append(await open_stream(ep.host, ep.port, ep.token, call_id, stream))
-            out.write(f"  all up in {time.monotonic() - begun:.1f} s; settling {settle_s:.0f} s\n")
-            out.flush()
-            await asyncio.sleep(settle_s)
-            readings = [Reading("call", pid) for pid in await _pids_of_calls(handles)]
-            readings += [Reading("bare", int(pid)) for pid in bare_pids]
-            out.write(f"  measuring {len(readings)} processes over {window_s:.0f} s\n")
-            out.flush()
+                out.write(f"density: activating {calls} call actors and {calls} bare actors\n")
+                out.flush()
+                begun = time.monotonic()
+                incoming = {
+                    "caller": {"kind": "phoneNumber", "raw_id": "4:" + CALLER},
+                    "caller_id": CALLER,
+                }
+                activated = await asyncio.gather(
+                    *(
+                        aactivate(f"density-{uuid.uuid4().hex[:10]}", config, incoming=incoming)
+                        for _ in range(calls)
+                    )
+                )
+                remote = ray.remote(BareActor).options(num_cpus=0, resources={slot: 1})
+                bare = [remote.remote() for _ in range(calls)]
+                bare_pids = await asyncio.gather(*(b.pid.remote() for b in bare))
+                for handle, ep in activated:
+                    handles.append(handle)
+                    call_id = (await handle.info.remote())["call_id"]
+                    for stream in ("media", "transcription"):
+                        streams.append(
+                            await open_stream(ep.host, ep.port, ep.token, call_id, stream)
+                        )
+                out.write(
+                    f"  all up in {time.monotonic() - begun:.1f} s; settling {settle_s:.0f} s\n"
+                )
+                out.flush()
+                await asyncio.sleep(settle_s)
+                readings = [Reading("call", pid) for pid in await _pids_of_calls(handles)]
+                readings += [Reading("bare", int(pid)) for pid in bare_pids]
+                out.write(f"  measuring {len(readings)} processes over {window_s:.0f} s\n")
+                out.flush()
 
-            async def progress() -> None:
-                t0 = time.monotonic()
-                while True:
-                    await asyncio.sleep(PROGRESS_EVERY_S)
-                    out.write(f"  {time.monotonic() - t0:5.1f} s of {window_s:.0f} s\n")
-                    out.flush()
+                async def progress() -> None:
+                    t0 = time.monotonic()
+                    while True:
+                        await asyncio.sleep(PROGRESS_EVERY_S)
+                        out.write(f"  {time.monotonic() - t0:5.1f} s of {window_s:.0f} s\n")
+                        out.flush()
 
-            ticker = asyncio.create_task(progress())
-            try:
-                await asyncio.to_thread(measure_window, readings, window_s)
-            finally:
-                ticker.cancel()
-            still = await _pids_of_calls(handles)  # every call actor still alive and the same
-            if sorted(still) != sorted(r.pid for r in readings if r.kind == "call"):
-                raise RuntimeError("a call actor restarted during the window")
-            for conn in streams:
-                with contextlib.suppress(Exception):
-                    await conn.close()
-            await asyncio.gather(
-                *(asyncio.wait_for(h.shutdown.remote("bench"), 30) for h in handles),
-                return_exceptions=True,
-            )
-    finally:
-        for handle in [*handles, *bare]:
-            await asyncio.to_thread(forget_actor, handle)
-        if owns_ray:
-            ray.shutdown()
+                ticker = asyncio.create_task(progress())
+                try:
+                    await asyncio.to_thread(measure_window, readings, window_s)
+                finally:
+                    ticker.cancel()
+                still = await _pids_of_calls(handles)  # every call actor still alive and the same
+                if sorted(still) != sorted(r.pid for r in readings if r.kind == "call"):
+                    raise RuntimeError("a call actor restarted during the window")
+                for conn in streams:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+                await asyncio.gather(
+                    *(asyncio.wait_for(h.shutdown.remote("bench"), 30) for h in handles),
+                    return_exceptions=True,
+                )
+        finally:
+            for handle in [*handles, *bare]:
+                await asyncio.to_thread(forget_actor, handle)
     s = summaries(readings)
     ok = (
         all(r.uss_mib is not None and r.cpu_percent is not None for r in readings)

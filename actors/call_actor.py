@@ -35,6 +35,7 @@ from actors.config import CallActorConfig
 from actors.media_path import MediaPath
 from actors.metrics import LiveMetrics, RayMetricsExporter
 from actors.outbound_audio import Pacer
+from actors.replies import Replies
 from actors.responder import Responder, make_responder
 from actors.speaker import AcsPlaySpeaker, PcmSpeaker, Speaker
 from actors.stream_protocol import StreamServer
@@ -81,8 +82,10 @@ class CallActor:
         self.media = MediaPath(
             config, self.metrics, on_final=self._user_turn, on_session_change=self._session_changed
         )
-        self.responder: Responder = make_responder(config.responder)
+        self.responder: Responder = make_responder(config.settings.assistant)
+        self.replies = Replies(self.responder, self.metrics)
         self.epoch = 0
+        self._lease_pending = False  # activated while Redis was down: the heartbeat claims it
         self.incoming: dict[str, Any] = {}
         self.restarts = 0
         self.audit: list[AuditEntry] = []
@@ -136,6 +139,16 @@ class CallActor:
         """The call this process serves ("" while it is a spare)."""
         return self.call_id
 
+    async def live(self) -> str:
+        """Runs while this process serves its call; returns the call id once it has ended.
+
+        Ray takes an actor's repr once, at creation, when a spare has no call yet. The pool
+        starts this method once per bind as a task named ``call:<id>``, so the dashboard and
+        the state API show the call on this actor, its node and its logs, and show it finished
+        once the call is over (README, Operator views)."""
+        await self.finished.wait()
+        return self.call_id
+
     # -- activation ---------------------------------------------------------------------------
 
     async def activate(self, incoming: dict[str, Any] | None = None) -> Endpoint:
@@ -164,12 +177,25 @@ class CallActor:
         redis = self._redis = self._redis or AsyncAzureRedisManager.from_settings(cfg.storage)
         archive = self._archive = self._archive or open_archive(cfg.storage)
         self._archiver = Archiver(archive, redis, spool_path=process_spool_path(cfg.storage))
-        session = CallSession.from_dict(self.call_id, await redis.load_call_session(self.call_id))
+        try:
+            stored = await redis.load_call_session(self.call_id)
+            cm = await ConversationManager.from_redis(self.call_id, redis)
+            await cm.claim_epoch()
+        except RedisUnavailableError:
+            if not incoming:  # a restart: what it must reload is in Redis
+                raise
+            # A new call (the gateway's answer hands its fields) while Redis is down: nothing
+            # of it is stored yet. Epoch 1 is what the first claim gives; the heartbeat
+            # publishes the endpoint and the checkpoint writes the conversation once Redis is
+            # back, and a newer epoch still fences this one.
+            stored, cm = None, ConversationManager(self.call_id, redis)
+            cm.epoch, self._lease_pending = 1, True
+        session = CallSession.from_dict(self.call_id, stored)
         mine = session.actor  # set once an actor has run for the call
         if mine is not None and mine.ended:
             raise CallEnded(self.call_id)
-        cm = self._cm = await ConversationManager.from_redis(self.call_id, redis)
-        self.epoch = self.media.epoch = await cm.claim_epoch()
+        self._cm = cm
+        self.epoch = self.media.epoch = cm.epoch
         self._lease = AffinityLease(redis, self.call_id, self.epoch, lease_s=cfg.lease_s)
         self.incoming = session.incoming
         if mine is not None:  # this process replaces a dead one
@@ -233,9 +259,18 @@ class CallActor:
 
             host = ray.util.get_node_ip_address()
         self._endpoint = Endpoint(host, port, self._token, self.epoch)
-        await self._lease.claim(self._endpoint, self._node_id)
+        try:
+            await self._lease.claim(self._endpoint, self._node_id)
+        except RedisUnavailableError:
+            if not self._lease_pending:
+                raise
 
     def _make_speaker(self, redis: AsyncAzureRedisManager) -> Speaker:
+        """The call's speaker as the media path sees it: the replies, spoken through a voice."""
+        self.replies.start(self._make_voice(redis))
+        return self.replies
+
+    def _make_voice(self, redis: AsyncAzureRedisManager) -> Speaker:
         cfg = self.config
         if cfg.speaker == "acs":
             acs = cfg.settings.acs
@@ -310,6 +345,7 @@ class CallActor:
         return {
             "call_id": self.call_id,
             "state": self.state.status.value,
+            "started_at": self.state.created_at,  # bound (a spare) or created, epoch seconds
             "epoch": self.epoch,
             "restarts": self.restarts,
             "participants": list(self.state.participants),
@@ -355,6 +391,7 @@ class CallActor:
     # -- conversation (the media path hands over final transcription results) -----------------
 
     async def _user_turn(self, msg: TranscriptionData) -> None:
+        heard_at = time.monotonic()  # the reply's latency counts from here
         async with self._turn_lock:  # FIFO: turns keep the order they were heard in
             cm = self._cm
             if cm is None or not self._accepting_turns:
@@ -368,18 +405,16 @@ class CallActor:
                 duration_ticks=msg.duration,
             )
             self.metrics.turns += 1
-            await self.checkpoint()
-            reply = await self.responder.respond(dict(cm.context), cm.history)
-            if not reply:
+            # Persisted while the model thinks, so the reply does not wait for Redis.
+            saved = asyncio.ensure_future(self.checkpoint())
+            # Spoken sentence by sentence as it is generated; returns once played or cut.
+            said = await self.replies.reply(dict(cm.context), cm.history, heard_at=heard_at)
+            await saved
+            if said is None:  # the call is ending
                 return
-            await cm.append_to_history("assistant", reply, participant=None)
+            await cm.append_to_history("assistant", said.text, participant=None, **said.meta())
             self.metrics.turns += 1
             await self.checkpoint()
-            if self._speaker is not None:
-                try:
-                    await self._speaker.speak(reply)
-                except Exception as exc:  # the turn is recorded even if playback fails
-                    log.warning("speaking failed: %s", type(exc).__name__)
 
     # -- background loops ---------------------------------------------------------------------
 
@@ -440,6 +475,7 @@ class CallActor:
         if self._server is not None:
             await self._server.close()
         await asyncio.sleep(0)  # turns spawned by the last messages reach the turn lock first
+        self.replies.end()  # nobody listens any more: a reply in progress is cut, none starts
         async with self._turn_lock:  # FIFO: every turn already heard is recorded before this
             self._accepting_turns = False
         current = asyncio.current_task()
@@ -582,9 +618,10 @@ class CallActor:
         if self._pacer is not None:
             self.metrics.frames_out = self._pacer.frames_sent
             self.metrics.frames_late = self._pacer.frames_late
-        if isinstance(self._speaker, PcmSpeaker):
-            self.metrics.tts_hits = self._speaker.hits
-            self.metrics.tts_misses = self._speaker.misses
+        voice = self.replies.voice
+        if isinstance(voice, PcmSpeaker):
+            self.metrics.tts_hits = voice.hits
+            self.metrics.tts_misses = voice.misses
 
     async def _guarded(self, step: str, op: Awaitable[T]) -> T | None:
         """Await one storage step of the call; a failure is counted and logged, never raised."""

@@ -85,3 +85,25 @@ def list_call_actors(
         except Exception as exc:  # one stuck or dying actor must not break the listing
             row["error"] = type(exc).__name__
     return rows
+
+
+def call_actor_nodes(namespace: str, node_id: str | None = None) -> dict[str, str]:
+    """Name -> node id of every live call actor of ``namespace`` (spares included; only those
+    on ``node_id`` if given), from Ray's state API (the head's dashboard must be up)."""
+    from ray.util import state
+
+    filters: list[tuple[str, str, str]] = [
+        ("class_name", "=", "CallActor"),
+        ("state", "=", "ALIVE"),
+        ("ray_namespace", "=", namespace),
+    ]
+    if node_id is not None:
+        filters.append(("node_id", "=", node_id))
+    actors: list[Any] = state.list_actors(
+        # The cluster this process joined: others may run on the same machine.
+        address=ray.get_runtime_context().gcs_address if ray.is_initialized() else None,
+        filters=filters,  # type: ignore[arg-type]
+        limit=10_000,
+        raise_on_missing_output=False,
+    )
+    return {actor.name: actor.node_id for actor in actors if actor.name}

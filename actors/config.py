@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from actors.responder import check_settings as check_responder
 from storage.settings import Settings, StorageSettings
 
 AUDIO_FORMATS: dict[str, int] = {"pcm16KMono": 16000, "pcm24KMono": 24000}
@@ -28,7 +29,6 @@ class CallActorConfig:
     max_participants: int = 16
     max_dtmf_tones: int = 1000  # per call: the tones are kept in the size-limited call session
     outbound_max_seconds: float = 60.0
-    responder: str = "echo"
     speaker: Literal["pcm", "acs"] = "pcm"
     voice: str = "en-US-NancyNeural"
     # Stream endpoint (data plane)
@@ -57,6 +57,7 @@ class CallActorConfig:
         acs = self.settings.acs
         if self.speaker == "acs" and not (acs.endpoint and acs.access_key):
             raise ValueError("speaker 'acs' needs RTVOICE_ACS_ENDPOINT and RTVOICE_ACS_ACCESS_KEY")
+        check_responder(self.settings.assistant)  # RTVOICE_RESPONDER and its model settings
 
     @property
     def storage(self) -> StorageSettings:

@@ -80,6 +80,7 @@ class MediaPath:
         self._on_session_change = on_session_change
         self._media: list[ServerConnection] = []  # open media connections, the newest last
         self._loud_frames = 0
+        self._speaking_since: float | None = None  # when a frame first saw the reply playing
 
     def touch(self) -> None:
         """Something happened on the call: the idle watchdog starts over."""
@@ -138,7 +139,14 @@ class MediaPath:
             frames = -(-overwritten * 2 // self.config.frame_bytes)
             self.metrics.ring_overwritten_frames += frames
         speaking = self.speaker is not None and self.speaker.speaking
-        if speaking and not msg.silent and rms(msg.pcm) >= BARGE_IN_RMS:
+        if not speaking:
+            self._speaking_since = None
+        elif self._speaking_since is None:
+            self._speaking_since = now
+        # Audio captured before the reply began (held while the actor started, or queued
+        # behind a stall) was said before it: it does not interrupt it.
+        fresh = latency is None or now - latency >= (self._speaking_since or now)
+        if speaking and fresh and not msg.silent and rms(msg.pcm) >= BARGE_IN_RMS:
             self._loud_frames += 1
             if self._loud_frames >= BARGE_IN_FRAMES:
                 self._barge_in()

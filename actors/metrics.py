@@ -5,7 +5,7 @@ Exported series are tagged by node and call state only, never by call id (unboun
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -61,6 +61,18 @@ class LiveMetrics:
     # for the actor, not for the data plane: counted apart so they do not hide its latency.
     backlog_frames: int = 0
     backlog_wait_ms_max: float = 0.0
+    # Replies (actors/replies.py): time to the model's first token, the caller's final
+    # transcript to the reply's first audio, and what the model cost.
+    replies: int = 0
+    replies_cut: int = 0  # barge-in: the caller spoke over the reply
+    reply_failures: Counter[str] = field(default_factory=Counter)  # fallback spoken, by reason
+    reply_latency: LatencyRecorder = field(default_factory=lambda: LatencyRecorder(256))
+    tokens_in: int = 0
+    tokens_out: int = 0
+    # Reply timings not yet pushed to Ray's histograms (bounded: a flush every few seconds).
+    unexported_reply_ms: deque[tuple[str, float]] = field(
+        default_factory=lambda: deque(maxlen=256)
+    )
 
     def frame_seen(self, latency_s: float, *, captured_before_ready: bool) -> None:
         if not 0.0 <= latency_s <= MAX_FRAME_LATENCY_S:
@@ -72,6 +84,11 @@ class LiveMetrics:
         else:
             self.frame_latency.record("frame", latency_s)
 
+    def reply_timed(self, name: str, seconds: float) -> None:
+        """``ttft`` or ``first_audio`` of one reply."""
+        self.reply_latency.record(name, seconds)
+        self.unexported_reply_ms.append((name, seconds * 1000.0))
+
     def checkpoint_done(self, seconds: float) -> None:
         ms = seconds * 1000.0
         self.checkpoints += 1
@@ -82,6 +99,8 @@ class LiveMetrics:
     def snapshot(self) -> dict[str, Any]:
         mean = self.checkpoint_ms_total / self.checkpoints if self.checkpoints else 0.0
         latency = self.frame_latency.stats().get("frame")
+        replies = self.reply_latency.stats()
+        ttft, first_audio = replies.get("ttft"), replies.get("first_audio")
         return {
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
@@ -109,10 +128,30 @@ class LiveMetrics:
             "frame_latency_ms_p99": round(latency.p99_ms, 3) if latency else None,
             "backlog_frames": self.backlog_frames,
             "backlog_wait_ms_max": round(self.backlog_wait_ms_max, 3),
+            "replies": self.replies,
+            "replies_cut": self.replies_cut,
+            "reply_failures": dict(self.reply_failures),
+            "reply_ttft_ms_p50": round(ttft.p50_ms, 3) if ttft else None,
+            "reply_ttft_ms_p99": round(ttft.p99_ms, 3) if ttft else None,
+            "reply_first_audio_ms_p50": round(first_audio.p50_ms, 3) if first_audio else None,
+            "reply_first_audio_ms_p99": round(first_audio.p99_ms, 3) if first_audio else None,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
         }
 
 
-_COUNTERS = ("frames_in", "frames_out", "frames_dropped", "frames_late", "turns", "barge_ins")
+_COUNTERS = (
+    "frames_in",
+    "frames_out",
+    "frames_dropped",
+    "frames_late",
+    "turns",
+    "barge_ins",
+    "replies",
+    "replies_cut",
+    "tokens_in",
+    "tokens_out",
+)
 
 
 class RayMetricsExporter:
@@ -125,7 +164,19 @@ class RayMetricsExporter:
         tags = ("node", "state")
         self._counters = {
             name: metrics.Counter(f"rtvoice_call_{name}_total", "call actor " + name, tags)
-            for name in (*_COUNTERS, "invalid_messages", "checkpoint_failures")
+            for name in (*_COUNTERS, "invalid_messages", "checkpoint_failures", "reply_failures")
+        }
+        self._reply_ms = {
+            name: metrics.Histogram(
+                f"rtvoice_call_reply_{name}_ms",
+                text,
+                boundaries=[10, 25, 50, 100, 200, 300, 500, 1000, 2000, 5000],
+                tag_keys=tags,
+            )
+            for name, text in (
+                ("ttft", "the model's time to first token in milliseconds"),
+                ("first_audio", "final transcript to the reply's first audio in milliseconds"),
+            )
         }
         self._checkpoint = metrics.Histogram(
             "rtvoice_call_checkpoint_ms",
@@ -141,11 +192,15 @@ class RayMetricsExporter:
         current = {name: float(getattr(live, name)) for name in _COUNTERS}
         current["invalid_messages"] = float(sum(live.invalid_messages.values()))
         current["checkpoint_failures"] = float(live.checkpoint_failures)
+        current["reply_failures"] = float(sum(live.reply_failures.values()))
         for name, value in current.items():
             delta = value - self._last.get(name, 0.0)
             if delta > 0:
                 self._counters[name].inc(delta, tags=tags)
         self._last = current
+        while live.unexported_reply_ms:
+            name, ms = live.unexported_reply_ms.popleft()
+            self._reply_ms[name].observe(ms, tags=tags)
         if live.checkpoints > self._last_checkpoints:
             self._checkpoint.observe(live.checkpoint_ms_last, tags=tags)
             self._last_checkpoints = live.checkpoints

@@ -29,7 +29,7 @@ from actors.activation import create_call_actor, create_spare, forget_actor
 from actors.call_state import CallEnded
 from actors.config import CallActorConfig
 from storage.affinity import Endpoint
-from storage.errors import StorageError
+from storage.errors import RedisTimeoutError, StorageError
 from storage.redis_manager import AsyncAzureRedisManager
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,19 @@ log = logging.getLogger(__name__)
 KEEPER_LEASE = "pool-keeper"
 MAX_TAKE_ATTEMPTS = 3  # spares found dead before falling back to a cold actor
 DEMAND_WINDOW_S = 30.0
+LIVE_TASK_PREFIX = "call:"
+
+
+def pool_name(config: CallActorConfig) -> str:
+    """The pool of spares started with ``config``: a replica with another actor configuration
+    (a new release, or a test's second stack) must not take a spare started with this one."""
+    return "pool-" + hashlib.sha256(repr(config).encode()).hexdigest()[:16]
+
+
+def live_task_name(call_id: str) -> str:
+    """The name of the task that runs while a call lives (CallActor.live): Ray's dashboard
+    and state API show the call id with the task's actor, node and worker logs."""
+    return f"{LIVE_TASK_PREFIX}{call_id}"
 
 
 def pool_target(minimum: int, maximum: int, taken_recently: int) -> int:
@@ -55,16 +68,18 @@ class WarmPool:
         max_spares: int,
         timeout_s: float = 60.0,
         start_concurrency: int = 4,
+        bind_deadline_s: float = 5.0,
+        demand_window_s: float = DEMAND_WINDOW_S,
     ) -> None:
         self._redis = redis
         self._config = config
-        # Spares of one actor configuration only: a replica with another (a new release, or
-        # a test's second stack) must not take a spare started with this one.
-        self.name = "pool-" + hashlib.sha256(repr(config).encode()).hexdigest()[:16]
+        self.name = pool_name(config)
         self._owner = owner
         self.min_spares = min_spares
         self.max_spares = max(min_spares, max_spares)
+        self.demand_window_s = demand_window_s
         self._timeout_s = timeout_s
+        self._bind_deadline_s = bind_deadline_s  # retrying a slow Redis before going cold
         self._starting = 0
         self._start_slots = asyncio.Semaphore(start_concurrency)
         self._taken: deque[float] = deque(maxlen=10_000)  # when spares were taken (this replica)
@@ -87,7 +102,7 @@ class WarmPool:
 
         Raises CallEnded for a call that is over."""
         started = time.perf_counter()
-        owner = await self._owner_of(call_id)
+        owner = await self.owner_of(call_id)
         if owner == call_id:  # no pool for this call: an actor named by the call id
             handle = await asyncio.to_thread(create_call_actor, call_id, self._config)
         else:
@@ -101,6 +116,9 @@ class WarmPool:
             raise
         if owner != call_id:
             self.bind_seconds.append(time.perf_counter() - started)
+        # Not awaited: the task runs until the call ends, named so operators find it by call id.
+        # No retry: after a restart, the gateway's next bind starts it again on the new process.
+        handle.live.options(name=live_task_name(call_id), max_task_retries=0).remote()
         return handle, endpoint
 
     async def handle(self, call_id: str) -> Any:
@@ -122,8 +140,9 @@ class WarmPool:
             self._known[name] = handle
         return handle
 
-    async def _owner_of(self, call_id: str) -> str:
-        """The name of the call's actor, binding a spare to it if it has none yet."""
+    async def owner_of(self, call_id: str) -> str:
+        """The name of the call's actor, binding a spare to it if it has none yet (no actor is
+        started or called: ``activate`` does that)."""
         pending = self._owners.get(call_id)
         if pending is None:
             pending = self._owners[call_id] = asyncio.ensure_future(self._bind_owner(call_id))
@@ -131,31 +150,41 @@ class WarmPool:
         return await asyncio.shield(pending)
 
     async def _bind_owner(self, call_id: str) -> str:
-        try:
-            owner = await self._redis.call_actor(call_id)
-            if owner is not None:
-                return owner
-            spare = await self._take_spare()
-            owner = await self._redis.bind_call_actor(call_id, spare or call_id)
-            if spare is not None and owner != spare:  # another replica bound the call first
-                await self._redis.add_spare(self.name, spare)
+        """Ask Redis until it answers. A timed-out command may still have run (a slow Redis),
+        and only the set-once record knows: giving up on it would start a second actor for a
+        call another replica bound. Redis unreachable: a cold actor named by the call id."""
+        deadline = time.monotonic() + self._bind_deadline_s
+        claimed = False
+        while True:
+            try:
+                owner = await self._redis.call_actor(call_id)
+                if owner is None:
+                    claimed = True
+                    spare = await self._take_spare(call_id)
+                    owner = await self._redis.bind_call_actor(call_id, spare or call_id)
+                if claimed:  # a spare claimed for the call but not its owner goes back
+                    await self._redis.settle_spare_claim(self.name, call_id, owner)
+            except StorageError as exc:
+                if isinstance(exc, RedisTimeoutError) and time.monotonic() < deadline:
+                    continue
+                log.warning("pool unavailable, starting a cold actor: %s", type(exc).__name__)
+                owner = call_id
             if owner == call_id:
                 self.cold_starts += 1
             return owner
-        except StorageError as exc:
-            log.warning("pool unavailable, starting a cold actor: %s", type(exc).__name__)
-            self.cold_starts += 1
-            return call_id
 
-    async def _take_spare(self) -> str | None:
+    async def _take_spare(self, call_id: str) -> str | None:
+        """The spare claimed for the call: the same one again on a retry or on another replica
+        answering it, so a lost reply leaks no spare."""
         for _ in range(MAX_TAKE_ATTEMPTS):
-            name = await self._redis.pop_spare(self.name)
+            name = await self._redis.claim_spare(self.name, call_id)
             if name is None:
                 return None
             try:
                 await self._actor(name)
-            except ValueError:
-                continue  # died while waiting: the keeper replaces it
+            except ValueError:  # died while waiting: its claim ends, the keeper replaces it
+                await self._redis.settle_spare_claim(self.name, call_id, name)
+                continue
             self._taken.append(time.monotonic())
             return name
         return None
@@ -167,16 +196,19 @@ class WarmPool:
 
     def target(self) -> int:
         now = time.monotonic()
-        recent = sum(1 for t in self._taken if now - t <= DEMAND_WINDOW_S)
+        recent = sum(1 for t in self._taken if now - t <= self.demand_window_s)
         return pool_target(self.min_spares, self.max_spares, recent)
 
     async def refill_once(self) -> int:
         """Start the spares the pool lacks, if this replica holds the keeper lease; returns how
-        many it started (each is queued once warm)."""
+        many it started (each is queued once warm). Past the target, retires one spare per
+        pass: each holds a call slot, so surplus spares would keep idle nodes in the cluster."""
         self.spares_seen = await self.spare_count()
         if not await self._redis.hold_lease(KEEPER_LEASE, self._owner, lease_s=30):
             return 0
         missing = self.target() - self.spares_seen - self._starting
+        if missing < 0 and self._starting == 0:
+            await self._retire_newest()
         for _ in range(max(0, missing)):
             self._starting += 1
             task = asyncio.get_running_loop().create_task(self._start_spare())
@@ -213,6 +245,17 @@ class WarmPool:
         for task in list(self._starts):  # spares half started are finished or forgotten
             task.cancel()
         await asyncio.gather(*self._starts, return_exceptions=True)
+
+    async def _retire_newest(self) -> None:
+        """Stop the most recently queued spare (the oldest are taken first, so the newest is
+        the one demand would reach last)."""
+        name = await self._redis.pop_newest_spare(self.name)
+        if name is None:
+            return
+        self.spares_seen -= 1
+        with contextlib.suppress(ValueError):
+            await asyncio.to_thread(forget_actor, await self._actor(name))
+        self._known.pop(name, None)
 
     async def retire_all(self) -> int:
         """Stop every queued spare (a deployment going away, or a test's stack); returns count."""

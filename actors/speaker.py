@@ -33,7 +33,9 @@ class Speaker(Protocol):
     @property
     def speaking(self) -> bool: ...
 
-    async def speak(self, text: str) -> None: ...
+    async def speak(self, text: str) -> float | None:
+        """Queue one utterance (a sentence of a reply) behind what is already playing; the
+        seconds of audio queued, or None when the speaker cannot know (ACS synthesizes it)."""
 
     async def stop(self) -> None:
         """Stop playback now (barge-in)."""
@@ -116,8 +118,9 @@ class PcmSpeaker:
             log.info("reply not cached: %s", type(exc).__name__)
         return pcm
 
-    async def speak(self, text: str) -> None:
-        self._queue.enqueue(await self.pcm_for(text))
+    async def speak(self, text: str) -> float:
+        frames = self._queue.enqueue(await self.pcm_for(text))
+        return frames * self._queue.frame_bytes / 2 / self.sample_rate
 
     async def stop(self) -> None:
         self._queue.clear()
@@ -140,11 +143,11 @@ class AcsPlaySpeaker:
         self._client = CallAutomationClient(endpoint, AzureKeyCredential(access_key))
         self._call = self._client.get_call_connection(call_id)
         self.voice = voice
-        self._speaking = False
+        self._playing = 0  # play requests ACS has not reported finished (it plays them in turn)
 
     @property
     def speaking(self) -> bool:
-        return self._speaking
+        return self._playing > 0
 
     async def speak(self, text: str) -> None:
         from azure.communication.callautomation import TextSource
@@ -153,15 +156,15 @@ class AcsPlaySpeaker:
             TextSource(text=spoken_text(text), voice_name=self.voice),
             operation_context="rtvoice-reply",
         )
-        self._speaking = True
+        self._playing += 1
 
     async def stop(self) -> None:
-        if self._speaking:
-            self._speaking = False
+        if self._playing:
+            self._playing = 0
             await self._call.cancel_all_media_operations()
 
     def play_finished(self) -> None:
-        self._speaking = False
+        self._playing = max(0, self._playing - 1)
 
     async def close(self) -> None:
         await self._client.close()

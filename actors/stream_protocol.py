@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import socket
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -23,6 +24,12 @@ MAX_FRAME_BYTES: Final[int] = 256 * 1024
 HEADER = struct.Struct(">I")
 STREAMS: Final[frozenset[str]] = frozenset({"media", "transcription"})
 MAX_CONNECTIONS: Final[int] = 8  # per call actor endpoint
+# Kernel buffering each way of a stream connection (the gateway's send buffer, the actor's
+# receive buffer): about 4 s of 16 kHz media frames wait in the kernel for an actor that
+# stopped reading; the gateway sees the rest (``backlog_bytes``) and bounds it (stream_bridge).
+SOCKET_BUFFER_BYTES: Final[int] = 64 * 1024
+# The gateway's writes wait (drain) only past this: under it, the bridge decides what to drop.
+WRITE_HIGH_WATER_BYTES: Final[int] = 1024 * 1024
 
 
 class FrameKind(IntEnum):
@@ -206,6 +213,8 @@ class StreamServer:
     async def start(self) -> int:
         """Listen; returns the bound port (an ephemeral one when ``port`` was 0)."""
         self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        for sock in self._server.sockets:  # accepted connections inherit it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port
 
@@ -316,6 +325,11 @@ class StreamConnection:
         self._writer.write(encode_frame(FrameKind.ACS, payload))
         await self._writer.drain()
 
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes written here that the kernel could not take: the actor is not reading."""
+        return self._writer.transport.get_write_buffer_size()
+
     async def send_raw(self, data: bytes) -> None:
         """Write bytes as they are (already framed); for tools and protocol tests."""
         self._writer.write(data)
@@ -370,6 +384,10 @@ async def open_stream(
         raise ValueError(f"stream must be one of {sorted(STREAMS)}")
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     try:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
+        writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
         writer.write(encode_hello(token, call_id, stream))
         await writer.drain()
         frame = await asyncio.wait_for(read_frame(reader, max_frame_bytes), timeout)

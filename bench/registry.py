@@ -26,6 +26,10 @@ BENCHMARKS: dict[str, str] = {
     "checkpoint": "checkpoint latency with N calls checkpointing at once, against one Redis SET",
     "density": "private memory and idle CPU per live call actor, against a bare Ray actor",
     "archive": "CallDisconnected to transcript readable, embedded SQLite and the Cosmos emulator",
+    "reply_latency": (
+        "N live calls with the openai responder and a model of fixed speed: final transcript "
+        "to the reply's first audio frame, and rtvoice's overhead over the model's time"
+    ),
 }
 
 

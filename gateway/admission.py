@@ -21,6 +21,7 @@ CACHE_S = 0.5  # how long one reading of Ray's free slots and the spare count is
 
 SlotSource = Callable[[], float]  # blocking: run in a thread
 SpareSource = Callable[[], Awaitable[int]]
+DrainSource = Callable[[], Awaitable[bool]]  # this replica is draining (``rtvoice drain``)
 
 
 def ray_free_slots(slot_resource: str) -> SlotSource:
@@ -48,11 +49,14 @@ class Admission:
         *,
         spares: SpareSource | None = None,
         free_slots: SlotSource | None = None,
+        draining: DrainSource | None = None,
         cache_s: float = CACHE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._free_slots = free_slots or ray_free_slots(slot_resource)
         self._spares = spares
+        self._drain_source = draining
+        self.draining = False  # at the last reading: a draining replica admits nothing
         self._cache_s = cache_s
         self._clock = clock
         self._lock = asyncio.Lock()
@@ -83,7 +87,11 @@ class Admission:
         async with self._lock:  # one reading at a time; the others use it
             now = self._clock()
             if self._read_at is None or now - self._read_at >= self._cache_s:
-                self._reading = await self._slots() + await self._spare_count()
+                self.draining = await self._is_draining()
+                if self.draining:
+                    self._reading = 0.0
+                else:
+                    self._reading = await self._slots() + await self._spare_count()
                 self._read_at = self._clock()
             return self._reading
 
@@ -93,6 +101,15 @@ class Admission:
         except Exception as exc:  # Ray unreachable: no slot can be promised
             log.warning("reading free call slots failed: %s", type(exc).__name__)
             return 0.0
+
+    async def _is_draining(self) -> bool:
+        if self._drain_source is None:
+            return False
+        try:
+            return await self._drain_source()
+        except Exception as exc:  # Redis down: no drain can have been asked through it
+            log.warning("reading the drain mark failed: %s", type(exc).__name__)
+            return self.draining
 
     async def _spare_count(self) -> int:
         if self._spares is None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
@@ -45,6 +46,9 @@ class AffinityRouter:
         self._cache: dict[str, tuple[float, Endpoint]] = {}
         self._handles: dict[str, Any] = {}
         self._inflight: set[asyncio.Future[Any]] = set()
+        # Calls this replica is answering (binding, session, actor): their events and sockets
+        # wait for it, rather than race it to an actor that lacks the call's fields.
+        self._answering: dict[str, asyncio.Event] = {}
 
     async def activate(self, call_id: str, incoming: dict[str, Any] | None = None) -> Endpoint:
         """Get or create the call's actor and wait until its stream endpoint is registered.
@@ -60,6 +64,22 @@ class AffinityRouter:
         self._cache[call_id] = (time.monotonic(), endpoint)
         return endpoint
 
+    @contextlib.asynccontextmanager
+    async def answering(self, call_id: str) -> AsyncIterator[None]:
+        """While this replica answers ``call_id``: CallConnected can overtake the answer's
+        activation, and with Redis down nothing else would give the actor the call's fields."""
+        done = self._answering[call_id] = asyncio.Event()
+        try:
+            yield
+        finally:
+            done.set()
+            del self._answering[call_id]
+
+    async def _answered(self, call_id: str) -> None:
+        answering = self._answering.get(call_id)
+        if answering is not None:
+            await answering.wait()
+
     async def is_known(self, call_id: str) -> bool:
         """This deployment answered the call (its session is in Redis)."""
         return await self._redis.load_call_session(call_id) is not None
@@ -69,6 +89,7 @@ class AffinityRouter:
 
     async def resolve(self, call_id: str, refresh: bool) -> Endpoint | None:
         """The actor's current endpoint; None while unknown or unreachable; CallEnded when over."""
+        await self._answered(call_id)
         cached = self._cache.get(call_id)
         if cached and not refresh and time.monotonic() - cached[0] < self._cache_ttl_s:
             return cached[1]
@@ -98,6 +119,7 @@ class AffinityRouter:
         False for a call nobody here answered; CallEnded once the call is over: ACS goes on
         sending events after CallDisconnected, and they must not reach the ended call's actor.
         """
+        await self._answered(call_id)
         with contextlib.suppress(StorageError):  # Redis down: the actor itself decides
             if await self.has_ended(call_id):
                 self.forget(call_id)

@@ -52,6 +52,7 @@ from gateway.auth import AuthError, EventGridAuth, JwtVerifier, UrlSecrets
 from gateway.call_binding import BindingUnavailable, CallBindings
 from gateway.dedupe import RecentIds
 from gateway.metrics import GatewayMetrics, RequestMetrics
+from gateway.storage_health import StorageHealth
 from gateway.stream_bridge import StreamBridge
 from storage.archive_drainer import ArchiveDrainer
 from storage.errors import StorageError
@@ -97,6 +98,8 @@ class Gateway:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     # The deployment's archive drain; every replica runs one, a lease lets one work at a time.
     drainer: ArchiveDrainer | None = None
+    # Redis memory, pool use and live calls' TTL headroom, read when /metrics is scraped.
+    storage_health: StorageHealth | None = None
 
     def spawn(self, coro: Any) -> None:
         """Run work ACS must not wait for; keep a reference so it is not collected."""
@@ -226,23 +229,24 @@ async def _answer_admitted(gw: Gateway, call: IncomingCall) -> None:
         return
     gw.metrics.calls_answered.inc()
     incoming = call.to_dict() | {"call_id": call_id, "answered_by": gw.replica_id}
-    try:
-        # Before anything else: the call's URLs open nothing until they are bound to it.
-        await gw.bindings.bind(call_id, plan.nonce, call.correlation_id)
-    except StorageError as exc:
-        log.warning("call binding kept on this replica only: %s", type(exc).__name__)
-    try:
-        async with asyncio.timeout(gw.activation_timeout_s):
-            try:
-                await gw.redis.store_call_session(call_id, incoming)
-            except StorageError as exc:  # the actor gets the call's fields all the same
-                log.warning("storing the call session failed: %s", type(exc).__name__)
-            await gw.router.activate(call_id, incoming)
-    except TimeoutError:
-        await _drop(gw, call_id, "activation_timeout")
-    except Exception as exc:  # Ray errors, CallEnded, anything: the caller must not wait
-        log.error("activating call actor failed: %s", type(exc).__name__)
-        await _drop(gw, call_id, "activation_failed")
+    async with gw.router.answering(call_id):  # its events and sockets wait for what follows
+        try:
+            # Before anything else: the call's URLs open nothing until they are bound to it.
+            await gw.bindings.bind(call_id, plan.nonce, call.correlation_id)
+        except StorageError as exc:
+            log.warning("call binding kept on this replica only: %s", type(exc).__name__)
+        try:
+            async with asyncio.timeout(gw.activation_timeout_s):
+                try:
+                    await gw.redis.store_call_session(call_id, incoming)
+                except StorageError as exc:  # the actor gets the call's fields all the same
+                    log.warning("storing the call session failed: %s", type(exc).__name__)
+                await gw.router.activate(call_id, incoming)
+        except TimeoutError:
+            await _drop(gw, call_id, "activation_timeout")
+        except Exception as exc:  # Ray errors, CallEnded, anything: the caller must not wait
+            log.error("activating call actor failed: %s", type(exc).__name__)
+            await _drop(gw, call_id, "activation_failed")
 
 
 async def _drop(gw: Gateway, call_id: str, reason: str) -> None:
@@ -383,6 +387,8 @@ async def readyz(request: Request) -> Response:
     ready = checks["ray"] and checks["capacity"]
     if all(checks.values()):
         state = "ok"
+    elif checks["ray"] and gw.admission.draining:
+        state = "draining"  # `rtvoice drain`: takes no new call, its live calls go on
     elif checks["ray"] and not checks["capacity"]:
         state = "at_capacity"
     else:
@@ -394,6 +400,8 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
+    if gw.storage_health is not None:
+        await gw.storage_health.refresh()
     return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
 
 

@@ -1,4 +1,4 @@
-"""The ``rtvoice`` command: serve, calls, transcript; demo and simulate when the simulator is
+"""The ``rtvoice`` command: serve, calls, drain, transcript; demo and simulate when the simulator is
 installed.
 
 Argument parsing and output only; each command's work lives in its own module.
@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
@@ -29,13 +30,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(serve(settings, host=args.host, port=args.port))
 
 
-def _calls(args: argparse.Namespace, settings: Settings) -> int:
+def _connect_ray(address: str, namespace: str) -> bool:
     import ray
 
-    from actors.cluster import list_call_actors
-
-    address = args.address or settings.actors.ray_address or "auto"
-    namespace = settings.actors.ray_namespace
     try:
         ray.init(address=address, namespace=namespace, logging_level=logging.ERROR)
     except ConnectionError:
@@ -44,15 +41,71 @@ def _calls(args: argparse.Namespace, settings: Settings) -> int:
             "--keep-running` in another terminal, or pass --address)",
             file=sys.stderr,
         )
+        return False
+    return True
+
+
+def _calls(args: argparse.Namespace, settings: Settings) -> int:
+    from actors.cluster import call_actor_nodes, list_call_actors
+    from gateway.calls_view import build_view, render
+
+    address = args.address or settings.actors.ray_address or "auto"
+    namespace = settings.actors.ray_namespace
+    if not _connect_ray(address, namespace):
         return 1
-    calls = list_call_actors(namespace)
-    if not calls:
-        print("no live calls")
-        return 0
-    print(f"{'call id':<40} {'state':<14} node")
-    for call in calls:
-        print(f"{call.get('call_id', '?'):<40} {call.get('state', '?'):<14} {call.get('node', '')}")
+    actors = list_call_actors(namespace)
+    try:
+        nodes = call_actor_nodes(namespace)
+    except Exception as exc:  # no dashboard: each actor's own view of its node
+        print(f"rtvoice: Ray's state API unavailable ({type(exc).__name__})", file=sys.stderr)
+        nodes = {}
+    call_ids = [str(a["call_id"]) for a in actors if a.get("state") not in (None, "spare")]
+    replicas = asyncio.run(_media_replicas(settings, call_ids))
+    view = build_view(actors, nodes, replicas, time.time())
+    if args.json:
+        sys.stdout.write(orjson.dumps(view.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(render(view))
     return 0
+
+
+async def _media_replicas(settings: Settings, call_ids: list[str]) -> dict[str, str | None]:
+    """The replica holding each call's media, from its affinity record ({} without Redis)."""
+    from storage.errors import StorageError
+    from storage.redis_manager import AsyncAzureRedisManager
+
+    redis = settings.storage.redis
+    if not (redis.url or redis.host):
+        return {}
+    found: dict[str, str | None] = {}
+    async with AsyncAzureRedisManager.from_settings(settings.storage) as manager:
+        for call_id in call_ids:
+            try:
+                record = await manager.get_affinity(call_id)
+            except StorageError:
+                return found
+            found[call_id] = record.media_replica if record else None
+    return found
+
+
+def _drain(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.drain import drain_target
+
+    if args.node and not _connect_ray(
+        args.address or settings.actors.ray_address or "auto", settings.actors.ray_namespace
+    ):
+        return 1
+    return asyncio.run(
+        drain_target(
+            settings,
+            replica=args.replica,
+            node=args.node,
+            timeout_s=args.timeout,
+            interval_s=args.interval,
+            undo=args.undo,
+            out=print,
+        )
+    )
 
 
 def _transcript(args: argparse.Namespace, settings: Settings) -> int:
@@ -97,6 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     calls = sub.add_parser("calls", help="list live call actors")
     calls.add_argument("--address", default=None, help="Ray address (default: auto)")
     calls.set_defaults(func=_calls)
+
+    calls.add_argument("--json", action="store_true", help="print the view as JSON")
+
+    drain = sub.add_parser(
+        "drain",
+        help="stop a gateway replica or a Ray node from taking new calls; wait for its calls",
+    )
+    which = drain.add_mutually_exclusive_group(required=True)
+    which.add_argument("--replica", help="a gateway replica id (RTVOICE_REPLICA_ID)")
+    which.add_argument("--node", help="a Ray node id (hex, as `rtvoice calls` shows it)")
+    drain.add_argument("--address", default=None, help="Ray address for --node (default: auto)")
+    drain.add_argument(
+        "--timeout", type=bounded_int(0, 86_400), default=3600, help="seconds to wait (3600)"
+    )
+    drain.add_argument("--interval", type=bounded_int(1, 600), default=5, help="progress every N s")
+    drain.add_argument("--undo", action="store_true", help="take new calls again (replica)")
+    drain.set_defaults(func=_drain)
 
     transcript = sub.add_parser("transcript", help="print an archived transcript as JSON")
     transcript.add_argument("call_id")

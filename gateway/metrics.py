@@ -123,7 +123,8 @@ class GatewayMetrics:
         )
         self.frames_dropped = Counter(
             "rtvoice_gateway_frames_dropped",
-            "Messages dropped from a full replay buffer while an actor reconnects",
+            "Messages dropped: a full replay buffer while an actor reconnects, or media an "
+            "actor that stopped reading left queued past the backlog limit",
             ["stream"],
             registry=self.registry,
         )

@@ -5,6 +5,7 @@ Configuration is read once by the caller (``load_settings``) and passed in.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -24,6 +25,7 @@ from gateway.auth import EventGridAuth, JwtPolicy, JwtVerifier, SharedSecret, Ur
 from gateway.call_binding import CallBindings
 from gateway.embedded_server import EmbeddedServer
 from gateway.metrics import GatewayMetrics
+from gateway.storage_health import StorageHealth
 from storage.archive import open_archive
 from storage.archive_drainer import ArchiveDrainer
 from storage.keys import validate_identifier
@@ -143,9 +145,12 @@ def build_gateway(
         owner=owner,
         min_spares=settings.actors.pool_min_spares,
         max_spares=settings.actors.pool_max_spares,
+        demand_window_s=settings.actors.pool_demand_window_s,
     )
     metrics = GatewayMetrics(rid, redis_mgr.latency)
     metrics.watch_pool(pool)
+    storage_health = StorageHealth(redis_mgr, rid)
+    metrics.registry.register(storage_health)
     return Gateway(
         replica_id=rid,
         public_url=gateway.public_url,
@@ -163,13 +168,18 @@ def build_gateway(
         media_wait_s=gateway.media_wait_s,
         activation_timeout_s=gateway.activation_timeout_s,
         # A spare actor already holds its slot: the spares are capacity as much as free slots.
-        admission=Admission(settings.actors.call_slot_resource, spares=pool.spare_count),
+        admission=Admission(
+            settings.actors.call_slot_resource,
+            spares=pool.spare_count,
+            draining=functools.partial(redis_mgr.is_draining, rid),  # `rtvoice drain --replica`
+        ),
         drainer=ArchiveDrainer(
             open_archive(settings.storage),
             redis_mgr,
             spool_dir=settings.storage.spool_dir,
             owner=owner,
         ),
+        storage_health=storage_health,
     )
 
 

@@ -1,7 +1,8 @@
 """One ACS WebSocket bridged to its call actor's stream endpoint, frame by frame, both ways.
 
 Holds only sockets and a bounded buffer of messages that arrive while the actor is being
-re-resolved (after a restart); overflow drops the oldest and counts it. Never touches Redis
+re-resolved (after a restart); overflow drops the oldest and counts it. Media an actor that
+stopped reading leaves queued past a bound is dropped and counted too. Never touches Redis
 per frame: the endpoint is resolved once per (re)connection.
 """
 
@@ -53,6 +54,9 @@ class StreamBridge:
         replay_limit: int = 250,
         max_message_bytes: int = 64 * 1024,
         reconnect_deadline_s: float = 30.0,
+        # ~2 s of 16 kHz media queued for a stalled actor (after ~4 s in the kernel); under
+        # the stream's write high-water mark, so sending media never blocks reading ACS.
+        backlog_limit: int = 128 * 1024,
     ) -> None:
         self.websocket = websocket
         self.call_id = call_id
@@ -65,6 +69,7 @@ class StreamBridge:
         self._pending: deque[str] = deque(maxlen=replay_limit)
         self._max_message_bytes = max_message_bytes
         self._deadline_s = reconnect_deadline_s
+        self._backlog_limit = backlog_limit
         self._conn: StreamConnection | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self._outbound: asyncio.Task[None] | None = None
@@ -147,6 +152,11 @@ class StreamBridge:
             self._buffer(text)
             return
         try:
+            if self.stream == "media" and conn.backlog_bytes > self._backlog_limit:
+                # The actor stopped reading: drop (counted) rather than queue stale audio or
+                # stop reading ACS. Transcription is never dropped: it carries the turns.
+                self._metrics.frames_dropped.labels(stream=self.stream).inc()
+                return
             await conn.send_acs(text)
             self.forwarded += 1
             self._frames_in.inc()

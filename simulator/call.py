@@ -22,7 +22,7 @@ import httpx
 from starlette import status
 
 from simulator import wire
-from simulator.acs_socket import SocketRejected, rebase_ws_url
+from simulator.acs_socket import AcsSocket, SocketRejected, rebase_ws_url
 from simulator.audio import (
     FRAME_MS,
     AudioFormat,
@@ -49,6 +49,7 @@ DRAIN_LIMIT_S = 3.0  # how long a hanging-up caller waits for queued reply audio
 FINISH_LIMIT_S = 10.0  # bound on waiting for in-flight callbacks at the end of a call
 HANGUP_GRACE_S = 1.0  # a gateway may close media just before its hang-up request lands
 NOT_ESTABLISHED = "8501"
+ABNORMAL_CLOSURE = 1006  # the connection dropped without a closing handshake
 
 
 @dataclass(frozen=True, slots=True)
@@ -543,7 +544,22 @@ class _Streamer:
         session = self.call._transcription
         if session is None or self.call._transcription_paused or self.call._ended.is_set():
             return
-        await session.send_result(text, offset_s, duration_s, self.participant, final)
+        sent = await session.send_result(text, offset_s, duration_s, self.participant, final)
+        request = self.call._request
+        if not sent and self._lost(session) and request and request.transcription:
+            await session.close()
+            self.call._transcription = None
+            await self.call._connect_transcription(request.transcription)
+            if (again := self.call._transcription) is not None:
+                await again.send_result(text, offset_s, duration_s, self.participant, final)
+
+    def _lost(self, session: AcsSocket) -> bool:
+        """The gateway's end vanished (no closing handshake) and ACS is to connect again."""
+        return (
+            self.call.script.faults.reconnect_lost_sockets
+            and session.close_code == ABNORMAL_CLOSURE
+            and not self.call._ended.is_set()
+        )
 
     async def _press(self, tones: str) -> None:
         request = self.call._request
@@ -564,7 +580,14 @@ class _Streamer:
             media = call._media
             if media is not None and not call._media_paused:
                 stamp = wire.iso_time(self.started + timedelta(seconds=self.position_s))
-                if await media.send_frame(frame, stamp, self.participant, silent):
+                sent = await media.send_frame(frame, stamp, self.participant, silent)
+                if not sent and self._lost(media):  # connect again, then send the frame
+                    await media.abort()
+                    call._media = None
+                    await call._connect_media(media.url)
+                    media = call._media or media
+                    sent = await media.send_frame(frame, stamp, self.participant, silent)
+                if sent:
                     call.report.frames_sent += 1
                 else:
                     await self._media_closed(media)

@@ -54,6 +54,9 @@ class CallFaults(_Model):
     malformed_frames: list[MalformedKind] = []  # sent right after AudioMetadata
     drop_media_after_s: float | None = Field(default=None, gt=0.0)  # abort the socket mid-call
     reconnect_to: str | None = None  # gateway base URL for the reconnect (default: the same)
+    # A socket lost without a closing handshake (the gateway's process died): ACS connects it
+    # again to the same URL (behind a load balancer: another replica) and resends what failed.
+    reconnect_lost_sockets: bool = False
 
     @property
     def expects_rejection(self) -> bool:

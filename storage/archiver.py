@@ -148,12 +148,17 @@ class Archiver:
         return await self.submit("transcript", doc)
 
     async def submit(self, kind: str, doc: dict[str, Any]) -> Destination:
-        """Archive ``doc`` now, or queue it durably. An invalid document raises, never queues."""
+        """Archive ``doc`` now, or queue it durably. A document the archive refuses for good is
+        never queued (it would be refused forever): it is kept in the rejected file and the
+        error raised, for the caller to count."""
         try:
             await self._writer(kind)(doc)
             return Destination.ARCHIVE
         except ArchiveUnavailableError as exc:
             log.warning("archive unavailable, queueing %s: %s", kind, type(exc).__name__)
+        except StorageError as exc:
+            await self._reject(_Queued(kind, doc), exc)
+            raise
         try:
             await self.redis.outbox_add(kind, doc)
             return Destination.OUTBOX

@@ -143,6 +143,16 @@ class ConversationStore(RedisConnection):
             k(conversation_id, Component.EPOCH),
         )
 
+    async def context_ttls(self, conversation_ids: Sequence[str]) -> list[int]:
+        """PTTL (ms) of each conversation's context key, in one round trip (-2: no key)."""
+        if not conversation_ids:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for conversation_id in conversation_ids:
+            pipe.pttl(self._conv_keys(conversation_id)[0])
+        async with self._op("context_ttls"):
+            return [int(ttl) for ttl in await pipe.execute()]
+
     async def _read_conversation(self, conversation_id: str) -> ConversationSnapshot | None:
         ctx_key, hist_key, epoch_key = self._conv_keys(conversation_id)
         pipe = self._client.pipeline(transaction=False)

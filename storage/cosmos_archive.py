@@ -22,6 +22,7 @@ from azure.cosmos.aio import ContainerProxy, CosmosClient, DatabaseProxy
 from azure.cosmos.exceptions import (
     CosmosClientTimeoutError,
     CosmosHttpResponseError,
+    CosmosResourceExistsError,
     CosmosResourceNotFoundError,
 )
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_incrementing
@@ -55,11 +56,10 @@ CONTAINERS: Final[dict[str, str]] = {
     ANALYTICS: "/call_id",
     AUDIT: "/call_id",
 }
-# Statuses that mean "not now" rather than "not this document", so the caller should use the
-# outbox: the SDK's retries ran out, or the account refuses our credentials (fixable config).
-_TRANSIENT_STATUSES: Final[frozenset[int]] = frozenset(
-    {401, 403, 408, 429, 449, 500, 502, 503, 504}
-)
+# Statuses that mean "not this document": it would be refused again, so it is set aside. Any
+# other status means "not now" (throttled, conflicting set-up, credentials, the server's own
+# trouble) and the caller queues the document: a wrong guess here loses a transcript.
+_DOCUMENT_STATUSES: Final[frozenset[int]] = frozenset({400, 413})
 # A reader racing a rewrite may see a head whose parts were just replaced: read again.
 _READ_ATTEMPTS: Final[int] = 3
 
@@ -71,9 +71,9 @@ def _translate(exc: BaseException, what: str) -> ArchiveError:
         return ArchiveUnavailableError(f"Cosmos DB credential failed during {what}: {exc}")
     if isinstance(exc, CosmosHttpResponseError):
         status = exc.status_code or 0
-        if status in _TRANSIENT_STATUSES:
-            return ArchiveUnavailableError(f"Cosmos DB {what} failed with {status}: {exc.message}")
-        return ArchiveError(f"Cosmos DB refused {what} ({status}): {exc.message}")
+        if status in _DOCUMENT_STATUSES:
+            return ArchiveError(f"Cosmos DB refused {what} ({status}): {exc.message}")
+        return ArchiveUnavailableError(f"Cosmos DB {what} failed with {status}: {exc.message}")
     if isinstance(exc, OSError | TimeoutError):
         return ArchiveUnavailableError(f"Cosmos DB unreachable during {what}: {exc}")
     return ArchiveError(f"Cosmos DB {what} failed: {exc!r}")
@@ -181,13 +181,19 @@ class CosmosArchive:
                     raise
                 self._client = client
             if self._database is None:
-                self._database = await self._client.create_database_if_not_exists(
-                    self.database_name
-                )
+                try:
+                    self._database = await self._client.create_database_if_not_exists(
+                        self.database_name
+                    )
+                except CosmosResourceExistsError:  # created by another client since its read
+                    self._database = self._client.get_database_client(self.database_name)
             if name not in self._containers:
-                self._containers[name] = await self._database.create_container_if_not_exists(
-                    id=name, partition_key=PartitionKey(path=CONTAINERS[name])
-                )
+                try:
+                    self._containers[name] = await self._database.create_container_if_not_exists(
+                        id=name, partition_key=PartitionKey(path=CONTAINERS[name])
+                    )
+                except CosmosResourceExistsError:  # the same race, on the container
+                    self._containers[name] = self._database.get_container_client(name)
             return self._containers[name]
 
     async def _call(self, name: str, what: str, op: Callable[[ContainerProxy], Awaitable[T]]) -> T:

@@ -37,7 +37,9 @@ class Component(StrEnum):
     ANSWER = "answer"
     LEASE = "lease"
     SPARES = "spares"
+    CLAIMS = "claims"
     ACTOR = "actor"
+    DRAINING = "draining"
 
 
 # Seconds. Applied on every write that creates or refreshes a key (ARCHITECTURE.md).
@@ -52,6 +54,8 @@ TTL_POLICIES: Final[dict[str, int]] = {
 AFFINITY_LEASE_SECONDS: Final[int] = 30
 # An incoming call context is answered once; Event Grid retries for minutes at most.
 ANSWER_CLAIM_SECONDS: Final[int] = 10 * 60
+# A pool's spares claimed by calls being bound (kept while the pool is in use).
+SPARE_CLAIMS_SECONDS: Final[int] = 60 * 60
 # User profiles are a read-through cache of the archive; invalidated on write.
 PROFILE_CACHE_SECONDS: Final[int] = 60 * 60
 

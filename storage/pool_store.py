@@ -7,7 +7,7 @@ the ``call:{id}:actor`` keys; never creates or talks to an actor (actors/pool.py
 
 from __future__ import annotations
 
-from storage.keys import TTL_POLICIES, Component
+from storage.keys import SPARE_CLAIMS_SECONDS, TTL_POLICIES, Component
 from storage.redis_connection import RedisConnection, to_str
 
 # KEYS: the call's actor key. ARGV: the candidate owner, TTL. The first owner named stays; every
@@ -19,6 +19,34 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return ARGV[1]
 """
 
+# KEYS: the pool's spares list, its claims hash (one slot: both are the pool's keys). ARGV: the
+# call id, the claims' TTL. The call's claimed spare, else the oldest spare claimed for it, else
+# false. Idempotent per call: a replica whose reply was lost, or a second replica answering the
+# same call, gets the same spare again, so no spare leaves the queue without a call holding it.
+CLAIM_SPARE_LUA = """
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held then return held end
+local spare = redis.call('LPOP', KEYS[1])
+if not spare then return false end
+redis.call('HSET', KEYS[2], ARGV[1], spare)
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return spare
+"""
+
+# KEYS: the spares list, the claims hash. ARGV: the call id, the call's owner. Ends the call's
+# claim; a claimed spare that is not the owner (the call was bound another way) goes back to
+# the front of the queue. Idempotent: a second settle finds no claim.
+SETTLE_CLAIM_LUA = """
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if not held then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+if held ~= ARGV[2] then
+  redis.call('LPUSH', KEYS[1], held)
+  return 1
+end
+return 0
+"""
+
 
 class PoolStore(RedisConnection):
     """Spare actors (a FIFO list: the oldest spare is taken first) and call -> actor bindings."""
@@ -26,9 +54,32 @@ class PoolStore(RedisConnection):
     def _register_scripts(self) -> None:
         super()._register_scripts()
         self._bind_call_actor = self._client.register_script(BIND_CALL_ACTOR_LUA)
+        self._claim_spare = self._client.register_script(CLAIM_SPARE_LUA)
+        self._settle_claim = self._client.register_script(SETTLE_CLAIM_LUA)
 
     def _spares_key(self, pool: str) -> str:
         return self.keys.worker_key(pool, Component.SPARES)
+
+    def _claim_keys(self, pool: str) -> list[str]:
+        return [self._spares_key(pool), self.keys.worker_key(pool, Component.CLAIMS)]
+
+    async def claim_spare(self, pool: str, call_id: str) -> str | None:
+        """The spare claimed for ``call_id``: the same one on every call (retries, replicas
+        racing), the oldest spare the first time; None when the queue is empty."""
+        async with self._op("claim_spare"):
+            name = await self._claim_spare(
+                keys=self._claim_keys(pool), args=[call_id, SPARE_CLAIMS_SECONDS]
+            )
+        return None if name is None else to_str(name)
+
+    async def settle_spare_claim(self, pool: str, call_id: str, owner: str) -> bool:
+        """End ``call_id``'s claim now that its owner is known; True if the claimed spare was
+        not the owner and went back to the queue."""
+        async with self._op("settle_spare_claim"):
+            returned = await self._settle_claim(
+                keys=self._claim_keys(pool), args=[call_id, owner]
+            )
+        return bool(returned)
 
     async def add_spare(self, pool: str, actor_name: str) -> None:
         async with self._op("add_spare"):
@@ -39,6 +90,22 @@ class PoolStore(RedisConnection):
         async with self._op("pop_spare"):
             name: bytes | str | None = await self._client.lpop(self._spares_key(pool))  # type: ignore[assignment]
         return None if name is None else to_str(name)
+
+    async def pop_newest_spare(self, pool: str) -> str | None:
+        """Take the most recently queued spare (to retire it); None when empty."""
+        async with self._op("pop_newest_spare"):
+            name: bytes | str | None = await self._client.rpop(self._spares_key(pool))  # type: ignore[assignment]
+        return None if name is None else to_str(name)
+
+    async def remove_spare(self, pool: str, actor_name: str) -> bool:
+        """Take one named spare out of the queue; False if a call took it first."""
+        async with self._op("remove_spare"):
+            return bool(await self._client.lrem(self._spares_key(pool), 1, actor_name))
+
+    async def spare_names(self, pool: str) -> list[str]:
+        async with self._op("spare_names"):
+            names = await self._client.lrange(self._spares_key(pool), 0, -1)
+        return [to_str(name) for name in names]
 
     async def spare_count(self, pool: str) -> int:
         async with self._op("spare_count"):

@@ -32,6 +32,7 @@ from storage.errors import (
 from storage.keys import RedisKeyManager
 from storage.latency import LatencyRecorder
 from storage.redis_auth import EntraIdCredentialProvider
+from storage.redis_health import RedisHealth, memory_from_info, pool_usage
 from storage.settings import ConfigError, StorageSettings
 
 if TYPE_CHECKING:
@@ -284,6 +285,14 @@ class RedisConnection:
     async def ping(self) -> bool:
         async with self._op("ping"):
             return bool(await self._client.ping())
+
+    async def health(self) -> RedisHealth:
+        """Redis memory against its limit and this client's pool use (monitoring baselines)."""
+        async with self._op("info_memory"):
+            info = await self._client.info("memory")
+        used, limit = memory_from_info(info if isinstance(info, dict) else {})
+        in_use, size = pool_usage(self._client)
+        return RedisHealth(used, limit, in_use, size)
 
     # -- JSON helpers with TTL --
 

@@ -11,12 +11,19 @@ from storage.affinity import AffinityStore
 from storage.caches import CacheStore
 from storage.call_records import CallRecordStore
 from storage.conversation_store import ConversationStore
+from storage.drain_store import DrainStore
 from storage.outbox import OutboxStore
 from storage.pool_store import PoolStore
 
 
 class AsyncAzureRedisManager(
-    ConversationStore, AffinityStore, CallRecordStore, CacheStore, OutboxStore, PoolStore
+    ConversationStore,
+    AffinityStore,
+    CallRecordStore,
+    CacheStore,
+    OutboxStore,
+    PoolStore,
+    DrainStore,
 ):
     """Named Redis operations with a timeout each, latency recorded under the method name.
 

@@ -1,5 +1,5 @@
-"""Runtime configuration: one typed tree (storage, ACS, gateway, actors) read once from the
-``RTVOICE_*`` environment variables by :func:`load_settings`.
+"""Runtime configuration: one typed tree (storage, ACS, gateway, actors, assistant) read once
+from the ``RTVOICE_*`` environment variables by :func:`load_settings`.
 
 The tree is made of plain pydantic models: building one never reads the environment, so a Ray
 worker that receives it (pickled) uses exactly what the gateway read, never its own environment.
@@ -130,8 +130,50 @@ class ActorSettings(_Group):
     # Warm pool of spare call actors (actors/pool.py): kept between these, adapted to arrivals.
     pool_min_spares: int = Field(default=2, ge=0, le=1_000)
     pool_max_spares: int = Field(default=16, ge=0, le=1_000)
+    # Spares kept are twice the calls that took one in this window; past it, surplus spares
+    # retire (their call slots free, and the autoscaler removes idle nodes).
+    pool_demand_window_s: float = Field(default=30.0, gt=0, le=3_600)
 
     _names = field_validator("ray_namespace", "call_slot_resource")(_no_separator)
+
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant answering a phone call. Reply in one to three short spoken "
+    "sentences, in plain words: no lists, no markdown, no emoji."
+)
+
+
+def _responder_name(value: str) -> str:
+    if value in ("echo", "openai"):
+        return value
+    module, _, attr = value.partition(":")
+    if not (module and attr) or not all(p.isidentifier() for p in (*module.split("."), attr)):
+        raise ValueError("must be echo, openai or module:attr (a responder of your own)")
+    return value
+
+
+class AssistantSettings(_Group):
+    """What answers the caller (actors/responder.py): the offline echo, a model behind an
+    OpenAI-compatible API (Azure OpenAI by key or Entra ID, or any ``base_url``), or a
+    responder of your own named ``module:attr``."""
+
+    responder: str = "echo"
+    model: str = "gpt-4o-mini"  # with an Azure endpoint: the deployment name
+    system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, max_length=20_000)
+    temperature: float = Field(default=0.3, ge=0, le=2)
+    max_reply_tokens: int = Field(default=200, ge=1, le=4096)
+    # Earlier turns go into the prompt, newest first, up to this many characters.
+    history_chars: int = Field(default=6000, ge=200, le=500_000)
+    azure_endpoint: str | None = None
+    api_version: str = "2024-10-21"
+    base_url: str | None = None  # any OpenAI-compatible API (default: api.openai.com)
+    api_key: SecretStr | None = None
+    use_entra_id: bool = False  # Azure OpenAI through azure-identity's DefaultAzureCredential
+    # No byte from the model for this long (first token included): the caller hears a fallback.
+    timeout_s: float = Field(default=8.0, gt=0, le=120)
+
+    _responder = field_validator("responder")(_responder_name)
+    _urls = field_validator("azure_endpoint", "base_url")(_http_url)
 
 
 # Every variable (without the prefix) and its place in the tree.
@@ -180,6 +222,19 @@ ENV_VARS: Final[dict[str, tuple[str, ...]]] = {
     "CALL_SLOTS": ("actors", "call_slots"),
     "POOL_MIN_SPARES": ("actors", "pool_min_spares"),
     "POOL_MAX_SPARES": ("actors", "pool_max_spares"),
+    "POOL_DEMAND_WINDOW_S": ("actors", "pool_demand_window_s"),
+    "RESPONDER": ("assistant", "responder"),
+    "LLM_MODEL": ("assistant", "model"),
+    "LLM_SYSTEM_PROMPT": ("assistant", "system_prompt"),
+    "LLM_TEMPERATURE": ("assistant", "temperature"),
+    "LLM_MAX_TOKENS": ("assistant", "max_reply_tokens"),
+    "LLM_HISTORY_CHARS": ("assistant", "history_chars"),
+    "LLM_TIMEOUT_S": ("assistant", "timeout_s"),
+    "LLM_BASE_URL": ("assistant", "base_url"),
+    "LLM_API_KEY": ("assistant", "api_key"),
+    "AZURE_OPENAI_ENDPOINT": ("assistant", "azure_endpoint"),
+    "AZURE_OPENAI_API_VERSION": ("assistant", "api_version"),
+    "AZURE_OPENAI_USE_ENTRA_ID": ("assistant", "use_entra_id"),
 }
 _BY_PATH: Final[dict[tuple[str, ...], str]] = {path: name for name, path in ENV_VARS.items()}
 
@@ -203,6 +258,7 @@ class Settings(_Group):
     acs: AcsSettings = AcsSettings()
     gateway: GatewaySettings = GatewaySettings()
     actors: ActorSettings = ActorSettings()
+    assistant: AssistantSettings = AssistantSettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -11,6 +11,7 @@ import pytest
 
 from actors.config import CallActorConfig
 from simulator.devstack.local_redis import LocalRedisServer
+from simulator.llm_api import LlmStandIn
 from storage.keys import RedisKeyManager
 from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import Settings
@@ -91,3 +92,10 @@ def actor_config(
         )
 
     return build
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[LlmStandIn]:
+    """The model API stand-in on a free port, fast pacing (tests assert no durations)."""
+    async with LlmStandIn(ttft_s=0.01, token_s=0.001, api_key="test-key") as standin:
+        yield standin

@@ -21,6 +21,8 @@ def test_validation() -> None:
         CallActorConfig(Settings(redis_url="redis://x"), max_restarts=0)
     with pytest.raises(ValueError):
         CallActorConfig(Settings(redis_url="redis://x"), speaker="acs")
+    with pytest.raises(ValueError, match="RTVOICE_LLM_API_KEY"):  # openai with no model at all
+        CallActorConfig(Settings(redis_url="redis://x", responder="openai"))
 
 
 def test_the_whole_settings_tree_reaches_the_actor() -> None:

@@ -183,10 +183,14 @@ async def test_a_60_kb_transcription_is_capped_before_the_responder_and_the_spea
     feed(actor, transcript_msg(words))
     cm = actor._cm
     assert cm is not None
-    await eventually(lambda: len(cm.history) >= 2 and len(actor.media.outbound) > 0)
+    await eventually(lambda: len(cm.history) >= 1 and len(actor.media.outbound) > 0)
+    await actor.replies.stop()  # barge-in: the reply is recorded with what was spoken of it
+    await eventually(lambda: len(cm.history) >= 2)
     user, reply = cm.history[0], cm.history[1]
     assert user.text == words[:MAX_TRANSCRIPT_CHARS]
-    assert reply.role == "assistant" and reply.text.endswith(user.text.strip())
+    assert reply.role == "assistant" and reply.meta == {"cut": True}
+    assert reply.text.startswith("Hello Ada L. You said: please read this back")
+    assert len(reply.text) < len(user.text)  # only the sentences begun before the cut
     assert actor.metrics.snapshot()["transcripts_truncated"] == 1
     assert not [r for r in caplog.records if "speaking failed" in r.getMessage()]
 

@@ -341,3 +341,43 @@ async def test_data_plane_smoke_run(ray_cluster: dict[str, object]) -> None:
     assert doc["ray_call_per_frame"]["saturated_rate"] > 0
     assert doc["raw_loopback_socket"]["saturated_rate"] > 0
     assert "Ray call per frame" in result.table
+
+
+def test_reply_latency_table_subtracts_the_models_time() -> None:
+    from bench.reply_latency import MODEL_TIME_MS, CallRun, Measured, model_times
+    from bench.reply_latency import table as reply_table
+
+    runs = [
+        CallRun("a", [MODEL_TIME_MS + 5.0, MODEL_TIME_MS + 7.0], lines=["x", "y"]),
+        CallRun("b", [MODEL_TIME_MS + 80.0], error="TimeoutError", lines=["z", "w"]),
+    ]
+    # The stand-in served "x" late (its time 230 ms), "y" on time; it never saw "z".
+    timings = [
+        {"last_user_text": "x", "at": 1.0, "token_at": [1.2, 1.23]},
+        {"last_user_text": "y", "at": 2.0, "token_at": [2.2, 2.22]},
+    ]
+    for run in runs:
+        run.model_ms = model_times(run, timings)
+    assert runs[0].model_ms == [pytest.approx(230.0), pytest.approx(220.0)]
+    assert runs[1].model_ms == [None]
+    measured = Measured(calls=2, turns=2, runs=runs)
+    assert not measured.ok
+    s = measured.spreads()
+    assert s["overhead"] is not None and s["overhead"].p50 == pytest.approx(7.0)
+    assert s["own"] is not None and s["own"].max == pytest.approx(MODEL_TIME_MS + 7.0 - 220.0)
+    text = reply_table(measured)
+    assert "replies measured: 3/4" in text and "NOT met (80.0 ms)" in text
+
+
+@pytest.mark.slow  # local Ray, a call actor, the model stand-in in a subprocess
+async def test_reply_latency_smoke_run(ray_cluster: dict[str, object]) -> None:
+    from bench.reply_latency import run_reply_latency
+
+    out = io.StringIO()
+    settings = Settings(ray_namespace=str(ray_cluster["namespace"]))
+    result = await run_reply_latency(settings, 1, out, turns=1)
+    assert result.ok, out.getvalue() + result.table
+    (call,) = result.runs[0]["per_call"]
+    assert len(call["latency_ms"]) == 1 and not call["error"]
+    assert call["actor"]["replies"] >= 1 and call["actor"]["tokens_out"] > 0
+    assert "overhead (minus the model's" in result.table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ def test_every_command_parses() -> None:
         ["serve", "--host", "127.0.0.1", "--port", "8001"],
         ["demo", "--calls", "2", "--lines", "1", "--no-dashboard"],
         ["calls"],
+        ["calls", "--json"],
+        ["drain", "--replica", "gw-1", "--timeout", "10"],
+        ["drain", "--node", "ab12", "--timeout", "0"],
         ["transcript", "abc"],
         ["simulate", "--gateway", "http://127.0.0.1:8000"],
     ):
@@ -56,7 +60,13 @@ def test_simulate_dispatches_and_reports_an_unreachable_gateway(
 
 
 @pytest.mark.parametrize(
-    "argv", [["demo", "--calls", "0"], ["demo", "--lines", "x"], ["serve", "--port", "70000"]]
+    "argv",
+    [
+        ["demo", "--calls", "0"],
+        ["demo", "--lines", "x"],
+        ["serve", "--port", "70000"],
+        ["drain", "--timeout", "-1", "--replica", "gw"],
+    ],
 )
 def test_out_of_range_arguments_are_usage_errors(
     argv: list[str], capsys: pytest.CaptureFixture[str]
@@ -65,3 +75,22 @@ def test_out_of_range_arguments_are_usage_errors(
         build_parser().parse_args(argv)
     assert exited.value.code == 2
     assert "not" in capsys.readouterr().err
+
+
+def test_drain_requires_a_replica_or_a_node(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["drain"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["drain", "--replica", "a", "--node", "b"])
+
+
+def test_drain_a_replica_reports_progress_and_its_outcome(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RTVOICE_REDIS_URL", redis_url)
+    monkeypatch.setenv("RTVOICE_ENVIRONMENT", f"cli{uuid.uuid4().hex[:8]}")
+    replica = f"gw-{uuid.uuid4().hex[:6]}"
+    assert main(["drain", "--replica", replica, "--timeout", "0"]) == 0  # no live call on it
+    assert f"replica {replica}: drained" in capsys.readouterr().out
+    assert main(["drain", "--replica", replica, "--undo"]) == 0
+    assert "takes new calls again" in capsys.readouterr().out

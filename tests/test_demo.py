@@ -12,6 +12,8 @@ from simulator.devstack.demo import (
     DemoOptions,
     DemoSummary,
     PoolFigures,
+    ReplyFigures,
+    demo_model,
     demo_scenario,
     run_demo,
 )
@@ -73,3 +75,38 @@ async def test_demo_runs_calls_to_archived_transcripts(
     assert "calls answered 2/2" in text
     assert "transcripts archived 2/2" in text
     assert "2 caller, 2 assistant" in text
+
+
+def test_reply_figures_sum_the_calls_replies() -> None:
+    metrics = [
+        {
+            "reply_first_audio_ms_p50": p50,
+            "reply_first_audio_ms_p99": p99,
+            "reply_ttft_ms_p50": 200.0,
+            "replies_cut": 1,
+            "reply_failures": {"timeout": 1},
+            "tokens_in": 100,
+            "tokens_out": 20,
+        }
+        for p50, p99 in ((210.0, 230.0), (220.0, 260.0))
+    ]
+    figures = ReplyFigures.of(metrics)
+    assert (figures.first_audio_p50_ms, figures.first_audio_p99_ms) == (215.0, 260.0)
+    assert (figures.cut, figures.fallbacks) == (2, 2)
+    assert (figures.tokens_in, figures.tokens_out) == (200, 40)
+    text = " ".join(" ".join(row) for row in figures.rows(lambda v: f"{v:.0f} ms"))
+    assert "215 ms / 260 ms" in text and "2 cut by the caller, 2 fallbacks" in text
+    assert ReplyFigures.of([{}]).first_audio_p50_ms is None
+
+
+async def test_demo_openai_without_a_model_talks_to_the_stand_in() -> None:
+    out = io.StringIO()
+    async with demo_model(Settings(), "openai", out) as settings:
+        model = settings.assistant
+        assert model.responder == "openai" and model.base_url is not None
+        assert "model stand-in" in out.getvalue()
+    configured = Settings(responder="openai", llm_base_url="http://model:1/v1")
+    async with demo_model(configured, None, out) as settings:
+        assert settings == configured  # a model of one's own: no stand-in
+    async with demo_model(Settings(), None, out) as settings:
+        assert settings.assistant.responder == "echo"

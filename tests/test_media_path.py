@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import numpy as np
@@ -130,6 +130,17 @@ async def test_loud_caller_frames_during_playback_barge_in() -> None:
     await settled(path.media)
     assert speaker.stops == 1
     assert [doc["Kind"] for doc in media_conn.sent] == ["StopAudio"]
+
+
+def test_words_said_before_the_reply_began_do_not_interrupt_it() -> None:
+    """Chaos finding: a call answered while its actor started slowly delivers the caller's line
+    in a burst with its final transcript; the reply starts before the burst's last frames."""
+    path = Harness()
+    path.media.speaker = cast(Any, FakeSpeaker())
+    path.media.outbound.enqueue(b"\x00" * FRAME * 10)
+    said = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    path.feed(*[audio(2000, timestamp=said)] * (2 * BARGE_IN_FRAMES))
+    assert path.media.metrics.barge_ins == 0 and len(path.media.outbound) == 10
 
 
 async def test_caller_words_during_playback_barge_in_and_only_final_ones_are_handed_over() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -159,3 +160,35 @@ async def test_consecutive_calls_never_share_a_process(
 
 async def _gone(call_id: str, namespace: str) -> bool:
     return await asyncio.to_thread(get_call_actor, call_id, namespace) is None
+
+
+async def test_surplus_spares_retire_to_the_floor_once_demand_passes(
+    redis_mgr: AsyncAzureRedisManager, config: CallActorConfig
+) -> None:
+    """A burst raises the target; once the demand window passes, spares past the floor retire
+    (their call slots free, so the autoscaler can remove idle nodes)."""
+    pool = WarmPool(
+        redis_mgr, config, owner="gw-retire", min_spares=1, max_spares=3, demand_window_s=0.5
+    )
+    try:
+        pool._taken.append(time.monotonic())  # one spare just taken: the target doubles
+        assert pool.target() == 2
+        await warm_up(pool, redis_mgr, 2)
+        names = await redis_mgr.spare_names(pool.name)
+
+        async def at_floor() -> bool:
+            await pool.refill_once()
+            return await pool.spare_count() == 1
+
+        await eventually(at_floor, timeout=30, interval=0.2)
+        [kept] = await redis_mgr.spare_names(pool.name)
+        assert kept == names[0]  # the oldest stays; the newest retired
+        retired = names[1]
+
+        async def gone() -> bool:
+            listed = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
+            return retired not in {entry["name"] for entry in listed}
+
+        await eventually(gone, timeout=30)
+    finally:
+        await pool.retire_all()

@@ -42,3 +42,31 @@ def test_secret_values_do_not_appear_in_errors() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings({"RTVOICE_ACS_ACCESS_KEY": "s3cret", "RTVOICE_PUBLIC_URL": "nope"})
     assert "s3cret" not in str(info.value)
+
+
+def test_the_responder_and_its_model_are_settings() -> None:
+    settings = load_settings(
+        {
+            "RTVOICE_RESPONDER": "openai",
+            "RTVOICE_AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com/",
+            "RTVOICE_LLM_MODEL": "my-deployment",
+            "RTVOICE_LLM_API_KEY": "k3y",
+            "RTVOICE_LLM_TEMPERATURE": "0.5",
+            "RTVOICE_LLM_HISTORY_CHARS": "2000",
+        }
+    )
+    assistant = settings.assistant
+    assert (assistant.responder, assistant.model) == ("openai", "my-deployment")
+    assert assistant.azure_endpoint == "https://r.openai.azure.com" and assistant.temperature == 0.5
+    assert assistant.api_key is not None and "k3y" not in repr(settings)
+    assert load_settings({"RTVOICE_RESPONDER": "my_pkg.bots:Bot"}).assistant.responder == (
+        "my_pkg.bots:Bot"
+    )
+    for name, value in (
+        ("RTVOICE_RESPONDER", "gpt"),
+        ("RTVOICE_RESPONDER", "a b:c"),
+        ("RTVOICE_LLM_TEMPERATURE", "3"),
+        ("RTVOICE_LLM_BASE_URL", "ftp://x"),
+    ):
+        with pytest.raises(ConfigError, match=name):
+            load_settings({name: value})

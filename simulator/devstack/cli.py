@@ -27,6 +27,12 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     demo.add_argument("--no-dashboard", action="store_true")
     demo.add_argument(
+        "--responder",
+        default=None,
+        help="echo, openai (the model stand-in unless a model is configured) or module:attr "
+        "(default: RTVOICE_RESPONDER)",
+    )
+    demo.add_argument(
         "--keep-running", action="store_true", help="after the table, wait for Ctrl-C"
     )
     demo.set_defaults(func=run_demo_command)
@@ -43,5 +49,6 @@ def run_demo_command(args: argparse.Namespace, settings: Settings) -> int:
         dashboard=not args.no_dashboard,
         archive_path=args.archive,
         keep_running=args.keep_running,
+        responder=args.responder,
     )
     return asyncio.run(run_demo(settings, options))

@@ -11,13 +11,17 @@ import contextlib
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydantic import SecretStr
+
 from actors.pool import WarmPool
 from simulator import CallerScript, CallReport, Scenario, ScriptLine, run_scenario
 from simulator.devstack.local_stack import LocalStack
+from simulator.llm_api import LlmStandIn
 from storage.archive import ArchiveStore, open_archive
 from storage.latency import percentile
 from storage.settings import Settings
@@ -32,6 +36,7 @@ CALLER_LINES = (
 ARCHIVE_WAIT_S = 20.0  # the actor archives after the call ends; give it time
 PROGRESS_EVERY_S = 2.0
 WARM_WAIT_S = 30.0  # plus 2 s per spare: after that, calls start cold actors as needed
+STANDIN_TTFT_S = 0.2  # the model stand-in's time to first token (a fast hosted model's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,7 @@ class DemoOptions:
     dashboard: bool = True
     archive_path: str | None = None  # default: the settings' archive (``rtvoice transcript``)
     keep_running: bool = False  # after the table, wait for Ctrl-C (keeps the dashboard up)
+    responder: str | None = None  # None: RTVOICE_RESPONDER; "openai" without a model: the stand-in
 
 
 def demo_scenario(calls: int, lines: int) -> Scenario:
@@ -83,6 +89,55 @@ class PoolFigures:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ReplyFigures:
+    """The replies of all calls, from the archived metrics (median of p50s, worst p99)."""
+
+    first_audio_p50_ms: float | None
+    first_audio_p99_ms: float | None
+    ttft_p50_ms: float | None
+    cut: int
+    fallbacks: int
+    tokens_in: int
+    tokens_out: int
+
+    @classmethod
+    def of(cls, metrics: list[dict[str, Any]]) -> ReplyFigures:
+        def values(key: str) -> list[float]:
+            return [m[key] for m in metrics if m.get(key) is not None]
+
+        def total(key: str) -> int:
+            return sum(int(m.get(key) or 0) for m in metrics)
+
+        p50s, p99s = values("reply_first_audio_ms_p50"), values("reply_first_audio_ms_p99")
+        ttfts = values("reply_ttft_ms_p50")
+        return cls(
+            statistics.median(p50s) if p50s else None,
+            max(p99s) if p99s else None,
+            statistics.median(ttfts) if ttfts else None,
+            cut=total("replies_cut"),
+            fallbacks=sum(sum((m.get("reply_failures") or {}).values()) for m in metrics),
+            tokens_in=total("tokens_in"),
+            tokens_out=total("tokens_out"),
+        )
+
+    def rows(self, ms: Callable[[float | None], str]) -> list[tuple[str, str]]:
+        first = f"{ms(self.first_audio_p50_ms)} / {ms(self.first_audio_p99_ms)}"
+        return [
+            ("reply first audio p50 / p99", first),
+            (
+                "",
+                f"(caller's final transcript -> reply audio queued; model TTFT p50 "
+                f"{ms(self.ttft_p50_ms)})",
+            ),
+            (
+                "replies",
+                f"{self.cut} cut by the caller, {self.fallbacks} fallbacks; tokens "
+                f"{self.tokens_in:,} in, {self.tokens_out:,} out",
+            ),
+        ]
+
+
 @dataclass(slots=True)
 class DemoSummary:
     calls: int
@@ -100,6 +155,7 @@ class DemoSummary:
     pool: PoolFigures
     archive: str
     dashboard_url: str | None
+    replies: ReplyFigures = field(default_factory=lambda: ReplyFigures.of([]))
     call_ids: list[str] = field(default_factory=list)
 
     @classmethod
@@ -135,6 +191,7 @@ class DemoSummary:
             pool=pool,
             archive=archive,
             dashboard_url=dashboard_url,
+            replies=ReplyFigures.of(metrics),
             call_ids=[r.call_connection_id for r in reports if r.answered],
         )
 
@@ -164,6 +221,7 @@ class DemoSummary:
                 f"bind p50 / p99 {ms(self.pool.bind_p50_ms)} / {ms(self.pool.bind_p99_ms)}",
             ),
             ("turns", f"{self.user_turns} caller, {self.assistant_turns} assistant"),
+            *self.replies.rows(ms),
             ("transcripts archived", f"{self.archived}/{self.calls} in {self.archive}"),
             ("Ray dashboard", self.dashboard_url or "off"),
         ]
@@ -218,6 +276,25 @@ def _frames_per_call(scenario: Scenario) -> int:
     return round(scenario.callers[0].expected_duration_s() / 0.02)
 
 
+@contextlib.asynccontextmanager
+async def demo_model(
+    settings: Settings, responder: str | None, out: TextIO
+) -> AsyncIterator[Settings]:
+    """The settings the calls run with: ``responder`` applied, and for ``openai`` with no model
+    configured (no endpoint, base URL or key), the model stand-in started for them."""
+    if responder is not None:
+        settings = settings.replace(responder=responder)
+    model = settings.assistant
+    if model.responder != "openai" or model.azure_endpoint or model.base_url or model.api_key:
+        yield settings
+        return
+    async with LlmStandIn(ttft_s=STANDIN_TTFT_S) as llm:
+        out.write(
+            f"model stand-in {llm.base_url} (time to first token {STANDIN_TTFT_S * 1000:.0f} ms)\n"
+        )
+        yield settings.replace(llm_base_url=llm.base_url, llm_api_key=SecretStr("demo"))
+
+
 async def run_demo(settings: Settings, options: DemoOptions, out: TextIO = sys.stdout) -> int:
     """Start everything locally, place the calls, print the table; 0 when every call archived."""
     scenario = demo_scenario(options.calls, options.lines)
@@ -229,12 +306,15 @@ async def run_demo(settings: Settings, options: DemoOptions, out: TextIO = sys.s
     settings = settings.replace(
         pool_min_spares=spares, pool_max_spares=max(spares, settings.actors.pool_max_spares)
     )
-    async with LocalStack(
-        base=settings,
-        port=options.port,
-        dashboard=options.dashboard,
-        archive_path=archive,
-    ) as stack:
+    async with (
+        demo_model(settings, options.responder, out) as settings,
+        LocalStack(
+            base=settings,
+            port=options.port,
+            dashboard=options.dashboard,
+            archive_path=archive,
+        ) as stack,
+    ):
         assert stack.acs is not None and stack.settings is not None
         out.write(f"gateway {stack.gateway_url}  ACS stand-in {stack.acs.endpoint}\n")
         ready = await _warm_up(stack.pool, spares, out)

@@ -19,13 +19,10 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
-import secrets
 import socket
 import struct
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -34,21 +31,13 @@ from typing import Any, TextIO
 
 import orjson
 import ray
-from pydantic import SecretStr
 
-from actors.config import CallActorConfig
-from actors.pool import WarmPool
+from bench.gateway_stack import ExternalAcs, gateway_stack, load_generator_command
 from bench.local_ray import local_ray
 from bench.machine import describe_machine
 from bench.results import Benchmark, BenchOptions, BenchResult, format_table
-from gateway.app import create_app
-from gateway.service import build_gateway, uvicorn_server
-from simulator.devstack.local_redis import LocalRedisServer, free_port
-from simulator.jwt_issuer import ACS_ISSUER
 from storage.archive import open_archive
-from storage.errors import StorageError
 from storage.latency import percentile
-from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import Settings
 
 NAME = "data_plane"
@@ -301,107 +290,6 @@ def table(run: DataPlaneRun, ray_b: Baseline, sock_b: Baseline, cores: int) -> s
     return "\n".join(lines)
 
 
-# -- the gateway in this process, the callers in a subprocess -------------------------------------
-
-
-@dataclass(slots=True)
-class ExternalAcs:
-    """What the gateway trusts; the stand-in subprocess is started with the same values."""
-
-    port: int
-    access_key: str
-    audience: str
-    event_grid_secret: str
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @classmethod
-    def fresh(cls) -> ExternalAcs:
-        import base64
-
-        return cls(
-            port=free_port(),
-            access_key=base64.b64encode(secrets.token_bytes(64)).decode(),
-            audience=f"bench-{secrets.token_hex(8)}",
-            event_grid_secret=secrets.token_urlsafe(24),
-        )
-
-
-@dataclass(slots=True)
-class GatewayStack:
-    settings: Settings
-    gateway_url: str
-    pool: WarmPool
-
-
-@contextlib.asynccontextmanager
-async def gateway_stack(
-    base: Settings, acs: ExternalAcs, spares: int
-) -> AsyncIterator[GatewayStack]:
-    """Redis, one gateway replica in this process (Ray already up), trusting ``acs``."""
-    workdir = tempfile.mkdtemp(prefix="rtvoice-bench-")
-    redis_server = LocalRedisServer().start()
-    port = free_port()
-    settings = base.replace(
-        redis_url=redis_server.url,
-        public_url=f"http://127.0.0.1:{port}",
-        acs_endpoint=acs.endpoint,
-        acs_access_key=SecretStr(acs.access_key),
-        acs_jwt_issuer=ACS_ISSUER,
-        acs_jwks_url=f"{acs.endpoint}/calling/keys",
-        acs_audience=acs.audience,
-        gateway_secret=SecretStr(secrets.token_urlsafe(32)),
-        eventgrid_secret=SecretStr(acs.event_grid_secret),
-        archive_path=str(Path(workdir) / "archive.sqlite3"),
-        spool_dir=str(Path(workdir) / "spool"),
-        pool_min_spares=spares,
-        pool_max_spares=spares,
-        replica_id="gw-bench",
-    )
-    redis = AsyncAzureRedisManager.from_settings(settings.storage)
-    actor_config = CallActorConfig.from_settings(settings)
-    gateway = build_gateway(settings, redis, actor_config)
-    server = uvicorn_server(create_app(gateway), "127.0.0.1", port)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                await task
-            await asyncio.sleep(0.02)
-        yield GatewayStack(settings, f"http://127.0.0.1:{port}", gateway.router.pool)
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await gateway.acs.close()
-        pool = WarmPool(redis, actor_config, owner="", min_spares=0, max_spares=0)
-        with contextlib.suppress(StorageError):
-            await pool.retire_all()
-        await redis.close()
-        redis_server.stop()
-
-
-def load_generator_command(
-    acs: ExternalAcs, gateway_url: str, calls: int, talk_s: float, report: Path
-) -> list[str]:
-    return [
-        sys.executable, "-m", "simulator.cli", "simulate",
-        "--gateway", gateway_url,
-        "--port", str(acs.port),
-        "--access-key", acs.access_key,
-        "--audience", acs.audience,
-        "--event-grid-secret", acs.event_grid_secret,
-        "--calls", str(calls),
-        "--duration", str(talk_s),
-        "--stagger", "0.05",
-        "--answer-timeout", "30",
-        "--json", str(report),
-        "--no-progress",
-    ]  # fmt: skip
-
-
 class _Idle:
     """The floor: an async Ray actor doing nothing."""
 
@@ -460,7 +348,7 @@ async def measure_data_plane(
         _say(out, f"  pool: {await stack.pool.spare_count()}/{calls} spares; placing {calls} "
                   f"calls of {talk_s:.0f} s (the stand-in and callers in a subprocess)")
         proc = await asyncio.create_subprocess_exec(
-            *load_generator_command(acs, stack.gateway_url, calls, talk_s, report_path),
+            *load_generator_command(acs, stack.gateway_url, calls, report_path, talk_s=talk_s),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )

@@ -17,7 +17,6 @@ from bench.call_setup import (
     READY_ACTIVATION,
     READY_FIRST_FRAME,
     WARM_POOL,
-    ActivationClock,
     CallSetup,
     ModeResult,
     run_call_setup,
@@ -115,21 +114,11 @@ async def test_waiting_for_spares_gives_up_at_the_timeout_with_progress() -> Non
     assert await wait_for_spares(filling, 3, 5.0, lambda *_: None, poll_s=0.01) == 3
 
 
-async def test_activation_clock_records_the_first_return_and_restores_the_router() -> None:
-    class Router:
-        async def activate(self, call_id: str, incoming: object = None) -> str:
-            return f"endpoint-{call_id}"
-
-    router = Router()
-    clock = ActivationClock()
-    with clock.installed(router):
-        assert await router.activate("a") == "endpoint-a"
-        first = clock.ready_at["a"]
-        await router.activate("a")
-    assert clock.ready_at == {"a": first}
-    assert clock.since("a", first - 1.0) == pytest.approx(1.0)
-    assert clock.since("b", 0.0) is None
-    assert "activate" not in vars(router)
+def test_a_load_generators_report_reads_back_for_the_set_up_records() -> None:
+    report = CallReport(3, "+1", "call-x", answered=True, time_to_connected_s=0.25, frames_sent=9)
+    back = CallReport.from_summary(orjson.loads(orjson.dumps(report.summary())))
+    assert (back.index, back.call_connection_id, back.answered) == (3, "call-x", True)
+    assert (back.time_to_connected_s, back.frames_sent) == (0.25, 9)
 
 
 def test_every_registered_benchmark_loads_and_all_selects_them() -> None:

@@ -22,7 +22,9 @@ from bench.call_setup import (
     run_call_setup,
     wait_for_spares,
 )
+from bench.frame_floor import measure_floor
 from bench.machine import describe_machine, machine_line
+from bench.proc_stats import cpu_percent
 from bench.registry import ALL, BENCHMARKS, load, selected
 from bench.results import BenchOptions, BenchResult, format_table, spread
 from bench.runner import json_path, report
@@ -235,11 +237,12 @@ async def test_checkpoint_smoke_run_on_a_private_redis() -> None:
 def test_density_reads_private_memory_and_cpu_from_proc() -> None:
     import os
 
-    from bench.density import Reading, cpu_ticks, measure_window, private_kib, ratio, summaries
+    from bench.density import Reading, measure_window, ratio, summaries
     from bench.density import table as density_table
+    from bench.proc_stats import private_kib, proc_cpu_s
 
-    assert (private_kib(os.getpid()) or 0) > 0 and cpu_ticks(os.getpid()) is not None
-    assert private_kib(2**22 + 1) is None and cpu_ticks(2**22 + 1) is None
+    assert (private_kib(os.getpid()) or 0) > 0 and proc_cpu_s(os.getpid()) is not None
+    assert private_kib(2**22 + 1) is None and proc_cpu_s(2**22 + 1) is None
     readings = [Reading("call", os.getpid()), Reading("bare", os.getpid())]
     measure_window(readings, 0.0, sleep=lambda _: None)
     assert all(r.uss_mib and r.cpu_percent is not None for r in readings)
@@ -288,11 +291,7 @@ async def test_archive_smoke_run(ray_cluster: dict[str, object]) -> None:
 
 
 def test_data_plane_reads_cpu_from_proc_and_tabulates_a_run() -> None:
-    import os
-
-    assert (data_plane.proc_cpu_s(os.getpid()) or 0.0) > 0.0
-    assert data_plane.proc_cpu_s(2**22 + 7) is None  # no such pid
-    assert data_plane.cpu_percent(1.0, 1.5, 10.0) == pytest.approx(5.0)
+    assert cpu_percent(1.0, 1.5, 10.0) == pytest.approx(5.0)
     assert data_plane.latency_summary([])["p50"] is None
     summary = data_plane.latency_summary([float(i) for i in range(1, 1001)])
     assert summary["p99"] == 990.0 and summary["p99_9"] in (999.0, 1000.0)
@@ -330,3 +329,11 @@ async def test_data_plane_smoke_run(ray_cluster: dict[str, object]) -> None:
     assert doc["ray_call_per_frame"]["saturated_rate"] > 0
     assert doc["raw_loopback_socket"]["saturated_rate"] > 0
     assert "Ray call per frame" in result.table
+
+
+@pytest.mark.slow  # local Ray
+async def test_the_frame_floor_answers_every_frame_and_reads_its_cpu(
+    ray_cluster: dict[str, object],
+) -> None:
+    floor = await measure_floor(actors=1, window_s=0.5)
+    assert floor.frames > 0 and len(floor.cpu_pct) == 1 and floor.cpu_p50 is not None

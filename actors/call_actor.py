@@ -100,6 +100,8 @@ class CallActor:
         self._pacer: Pacer | None = None
         self._exporter: RayMetricsExporter | None = None
         self._endpoint: Endpoint | None = None
+        self._address: tuple[str, int] | None = None  # where the stream server listens
+        self._settling: asyncio.Task[None] | None = None  # activation's unhurried half
         self._node_id = ""
         self._loops: list[asyncio.Task[Any]] = []
         self._activation_lock = asyncio.Lock()
@@ -118,11 +120,12 @@ class CallActor:
 
     async def prewarm(self) -> None:
         """What a spare does before any call: its process is up and its modules imported (Ray
-        did that); connect the storage clients now so that ``bind`` costs no connection."""
-        storage = self.config.storage
-        self._redis = self._redis or AsyncAzureRedisManager.from_settings(storage)
-        self._archive = self._archive or open_archive(storage)
-        await self._redis.ping()
+        did that); connect the storage clients, listen for the gateway and look up the node
+        now, so that ``bind`` costs a few Redis round trips and nothing else."""
+        redis, _ = self._connect_storage()
+        await redis.ping()
+        await self._listen()
+        self._node_id = self._node_id or self._ray_node_id()
 
     async def bind(self, call_id: str, incoming: dict[str, Any] | None = None) -> Endpoint:
         """Make this spare the actor of ``call_id`` and activate it; idempotent for that call
@@ -172,10 +175,10 @@ class CallActor:
                 raise
 
     async def _activate(self, incoming: dict[str, Any]) -> Endpoint:
+        """Claim the call and publish the endpoint: what the first frame waits for. The caller
+        profile, the session record and the first checkpoint follow in ``_settle``."""
         cfg = self.config
-        # A spare connected these in prewarm.
-        redis = self._redis = self._redis or AsyncAzureRedisManager.from_settings(cfg.storage)
-        archive = self._archive = self._archive or open_archive(cfg.storage)
+        redis, archive = self._connect_storage()  # a spare connected them in prewarm
         self._archiver = Archiver(archive, redis, spool_path=process_spool_path(cfg.storage))
         try:
             stored = await redis.load_call_session(self.call_id)
@@ -205,18 +208,35 @@ class CallActor:
             self.audit = list(mine.audit or [])
         if incoming:
             self.incoming = dict(incoming)
-        await self._load_caller(cm)
-        self._node_id = self._ray_node_id()
-        await self._open_endpoint()
+        host, port = await self._listen()
+        self._node_id = self._node_id or self._ray_node_id()
+        endpoint = self._endpoint = Endpoint(host, port, self._token, self.epoch)
+        try:
+            await self._lease.claim(endpoint, self._node_id)  # the gateway routes here now
+        except RedisUnavailableError:
+            if not self._lease_pending:
+                raise
         self.media.ready_at = time.time()
         self._speaker = self.media.speaker = self._make_speaker(redis)
         self._audit("restarted" if mine is not None else "activated", epoch=self.epoch)
-        await self._store_session()
-        await self.checkpoint()
         self._start_loops()
-        assert self._endpoint is not None
+        self._settling = asyncio.get_running_loop().create_task(self._settle(cm))
         log.info("%r activated at epoch %d", self, self.epoch)
-        return self._endpoint
+        return endpoint
+
+    async def _settle(self, cm: ConversationManager) -> None:
+        """Activation's second half, off the caller's path: turns wait for it (the reply needs
+        the caller profile), the end of the call too."""
+        try:
+            await self._load_caller(cm)
+            await self._store_session()
+            await self.checkpoint()
+        except Exception:  # the call goes on; the checkpoint loop retries what is pending
+            log.exception("%r: settling the activation failed", self)
+
+    async def _settled(self) -> None:
+        if self._settling is not None and not self._settling.done():
+            await asyncio.wait([self._settling])  # neither raises nor cancels it
 
     async def _load_caller(self, cm: ConversationManager) -> None:
         """Caller profile into the context, once per call (a restart finds it already there)."""
@@ -241,29 +261,34 @@ class CallActor:
             }
         )
 
-    async def _open_endpoint(self) -> None:
-        cfg = self.config
-        assert self._lease is not None
-        self._server = StreamServer(
-            self.media,
-            call_id=self.call_id,
-            token=self._token,
-            host=cfg.stream_host,
-            max_frame_bytes=cfg.max_frame_bytes,
-            handshake_timeout_s=cfg.handshake_timeout_s,
-        )
-        port = await self._server.start()
-        host = cfg.advertise_host or cfg.stream_host
-        if host in ("0.0.0.0", "::"):
-            import ray
+    def _connect_storage(self) -> tuple[AsyncAzureRedisManager, ArchiveStore]:
+        storage = self.config.storage
+        self._redis = self._redis or AsyncAzureRedisManager.from_settings(storage)
+        self._archive = self._archive or open_archive(storage)
+        return self._redis, self._archive
 
-            host = ray.util.get_node_ip_address()
-        self._endpoint = Endpoint(host, port, self._token, self.epoch)
-        try:
-            await self._lease.claim(self._endpoint, self._node_id)
-        except RedisUnavailableError:
-            if not self._lease_pending:
-                raise
+    async def _listen(self) -> tuple[str, int]:
+        """The stream server's address, started once (a spare's refuses every hello until it is
+        bound: no call id matches, and nobody knows its token before the lease publishes it)."""
+        if self._server is None or self._address is None:
+            cfg = self.config
+            self._server = StreamServer(
+                self.media,
+                call_id=self.call_id,
+                token=self._token,
+                host=cfg.stream_host,
+                max_frame_bytes=cfg.max_frame_bytes,
+                handshake_timeout_s=cfg.handshake_timeout_s,
+            )
+            port = await self._server.start()
+            host = cfg.advertise_host or cfg.stream_host
+            if host in ("0.0.0.0", "::"):
+                import ray
+
+                host = ray.util.get_node_ip_address()
+            self._address = (host, port)
+        self._server.call_id = self.call_id
+        return self._address
 
     def _make_speaker(self, redis: AsyncAzureRedisManager) -> Speaker:
         """The call's speaker as the media path sees it: the replies, spoken through a voice."""
@@ -340,6 +365,7 @@ class CallActor:
             self._end_call("disconnected")
 
     async def info(self) -> dict[str, Any]:
+        await self._settled()  # the caller's context is loaded
         self._sync_metrics()
         cm = self._cm
         return {
@@ -392,6 +418,7 @@ class CallActor:
 
     async def _user_turn(self, msg: TranscriptionData) -> None:
         heard_at = time.monotonic()  # the reply's latency counts from here
+        await self._settled()  # the reply needs the caller profile
         async with self._turn_lock:  # FIFO: turns keep the order they were heard in
             cm = self._cm
             if cm is None or not self._accepting_turns:
@@ -448,6 +475,7 @@ class CallActor:
 
     async def _finish(self, reason: str) -> None:
         try:
+            await self._settled()  # the session record and the caller are in place first
             await self._archive_call(reason)
         except Exception:
             log.exception("%r: end of call failed", self)
@@ -527,7 +555,7 @@ class CallActor:
             self._ending = asyncio.get_running_loop().create_task(self._exit_fenced())
 
     async def _exit_fenced(self) -> None:
-        for task in self._loops:
+        for task in [*self._loops, *filter(None, [self._settling])]:
             task.cancel()
         await self._release_resources()
         self.finished.set()
@@ -536,6 +564,7 @@ class CallActor:
     async def _release_resources(self) -> None:
         if self._server is not None:
             await self._server.close()
+            self._address = None  # a later activation listens again
         if self._speaker is not None:
             with contextlib.suppress(Exception):
                 await self._speaker.close()

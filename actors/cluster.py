@@ -12,6 +12,17 @@ import ray
 
 from actors.capacity import machine_call_slots
 
+# Ray settings that lower every worker's idle cost (README "Performance"): no event-loop
+# statistics, Ray's own metrics every 30 s instead of 10 s (rtvoice's call metrics are exported
+# on the actor's checkpoint loop), task events every 5 s instead of 1 s (the dashboard's task
+# view lags that much). Measured: 0.80 -> 0.70-0.77% of a core per idle actor. A cluster sets the
+# same as RAY_<name> environment variables on `ray start` (cluster.yaml).
+LOW_IDLE_SYSTEM_CONFIG: dict[str, Any] = {
+    "event_stats": False,
+    "metrics_report_interval_ms": 30_000,
+    "task_events_report_interval_ms": 5_000,
+}
+
 
 def init_local_ray(
     *,
@@ -31,6 +42,7 @@ def init_local_ray(
         include_dashboard=include_dashboard,
         num_cpus=num_cpus,
         log_to_driver=True,
+        _system_config=LOW_IDLE_SYSTEM_CONFIG,
     )
     info: dict[str, Any] = ctx.address_info  # type: ignore[attr-defined]
     return {

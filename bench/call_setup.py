@@ -1,28 +1,34 @@
 """``rtvoice bench call_setup``: a burst of N simultaneous IncomingCalls through the gateway and
 the ACS stand-in, run twice: with cold actors (no pool) and with the warm pool (N spares).
 
-Per call: IncomingCall posted -> the call's actor ready for media (the gateway's activation
-returned), IncomingCall -> CallConnected (the stand-in's report), and the frames held at call
-set-up (captured before the actor's stream endpoint was up: the actor's ``backlog_frames`` and
-``backlog_wait_ms_max``, read from the archived transcript's metrics). Only ``run_mode`` starts
-anything (a ``LocalStack`` per run); the records, summary and table are plain data.
+The gateway runs in this process, the stand-in placing the calls in a subprocess
+(bench/gateway_stack.py), as ACS is another service in production. Per call: IncomingCall
+received -> the call's actor ready for media (the gateway's own measure,
+``rtvoice_gateway_call_setup_seconds``), IncomingCall -> CallConnected (the stand-in's report),
+and the frames held at call set-up (captured before the actor's stream endpoint was up: the
+actor's ``backlog_frames`` and ``backlog_wait_ms_max``, read from the archived transcript's
+metrics). Only ``run_mode`` starts anything; the records, summary and table are plain data.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 
+import orjson
+
+from bench.gateway_stack import ExternalAcs, GatewayStack, gateway_stack, load_generator_command
 from bench.local_ray import local_ray
 from bench.machine import describe_machine
 from bench.results import Benchmark, BenchOptions, BenchResult, Spread, format_table, spread
-from simulator import CallerScript, CallReport, Scenario, ScriptLine, run_scenario
-from simulator.devstack.local_stack import LocalStack
+from gateway.metrics import GatewayMetrics
+from simulator import CallerScript, CallReport, Scenario, ScriptLine
 from storage.archive import ArchiveStore, open_archive
 from storage.settings import Settings
 
@@ -38,11 +44,12 @@ READY_FIRST_FRAME = "first_frame"
 
 DEFINITIONS = {
     "actor_ready_s": (
-        "IncomingCall posted (all calls at once) -> the gateway's activation of the call's actor "
-        "returned: the actor holds the call and its stream endpoint is registered, ready for media"
+        "IncomingCall received by the gateway (all calls at once) -> the call's actor holds the "
+        "call and its stream endpoint is registered, ready for media (the gateway's "
+        "rtvoice_gateway_call_setup_seconds)"
     ),
     "actor_ready_s (first_frame)": (
-        "used for a call whose activation the gateway did not report: IncomingCall -> the first "
+        "used for a call whose set-up the gateway did not record: IncomingCall -> the first "
         "frame accepted by the actor, estimated as the stand-in's time to CallConnected plus the "
         "longest wait of a frame held for the actor (backlog_wait_ms_max)"
     ),
@@ -70,12 +77,6 @@ WARM_POOL = Mode("warm_pool", warm=True)
 MODES = (COLD, WARM_POOL)
 
 
-def mode_settings(base: Settings, mode: Mode, calls: int) -> Settings:
-    """The run's settings: a private Redis (LocalStack starts one) and the pool's size."""
-    spares = calls if mode.warm else 0
-    return base.replace(redis_url=None, pool_min_spares=spares, pool_max_spares=spares)
-
-
 def call_slots(calls: int) -> int:
     """The burst's actors, the spares waiting for it, and the spares refilled behind it."""
     return max(16, 3 * calls)
@@ -99,38 +100,7 @@ def burst_scenario(calls: int) -> Scenario:
         )
         for i in range(calls)
     ]
-    # The subscription handshake is done before the clock starts (run_mode).
     return Scenario(calls=calls, callers=callers, stagger_s=0.0, validate_subscription=False)
-
-
-class ActivationClock:
-    """When the gateway's activation of each call's actor first returned (``time.monotonic``).
-
-    Wraps one replica's ``AffinityRouter.activate`` for the duration of a run; the wrapper
-    only records, the router behaves the same.
-    """
-
-    def __init__(self) -> None:
-        self.ready_at: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def installed(self, router: Any) -> Iterator[ActivationClock]:
-        original = router.activate
-
-        async def timed(call_id: str, *args: Any, **kwargs: Any) -> Any:
-            endpoint = await original(call_id, *args, **kwargs)
-            self.ready_at.setdefault(call_id, time.monotonic())
-            return endpoint
-
-        router.activate = timed  # an instance attribute: shadows the method until removed
-        try:
-            yield self
-        finally:
-            del router.activate
-
-    def since(self, call_id: str, start: float) -> float | None:
-        at = self.ready_at.get(call_id)
-        return None if at is None else at - start
 
 
 @dataclass(slots=True)
@@ -366,28 +336,45 @@ async def _archived(store: ArchiveStore, call_ids: list[str]) -> dict[str, dict[
     return found
 
 
-def _cold_starts(router: Any) -> int | None:
-    """Calls the replica's warm pool served with a cold actor; None if it does not count them."""
-    count = getattr(getattr(router, "pool", None), "cold_starts", None)
-    return count if isinstance(count, int) else None
-
-
 def _say(out: TextIO, text: str) -> None:
     out.write(text + "\n")
     out.flush()
 
 
-async def _progress(
-    out: TextIO, mode: Mode, clock: ActivationClock, done: list[CallReport], calls: int
-) -> None:
+async def _progress(out: TextIO, mode: Mode, metrics: GatewayMetrics, calls: int) -> None:
     started = time.monotonic()
     while True:
         await asyncio.sleep(PROGRESS_EVERY_S)
         _say(
             out,
             f"  {mode.name}: {time.monotonic() - started:5.1f} s  actors ready "
-            f"{len(clock.ready_at)}/{calls}  calls done {len(done)}/{calls}",
+            f"{len(metrics.recent_setups)}/{calls}",
         )
+
+
+async def _place_calls(
+    stack: GatewayStack, acs: ExternalAcs, calls: int, workdir: Path
+) -> tuple[list[CallReport], str]:
+    """The burst, placed by the stand-in in a subprocess; its call reports (and its stderr's
+    tail when it wrote none)."""
+    scenario = workdir / "burst.json"
+    scenario.write_text(burst_scenario(calls).model_dump_json())
+    report_path = workdir / "calls.json"
+    proc = await asyncio.create_subprocess_exec(
+        *load_generator_command(acs, stack.gateway_url, calls, report_path, scenario=scenario),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if not report_path.exists():
+        return [], err.decode(errors="replace")[-300:]
+    doc = orjson.loads(report_path.read_bytes())
+    return [CallReport.from_summary(c) for c in doc["calls"]], ""
 
 
 async def run_mode(
@@ -398,14 +385,13 @@ async def run_mode(
     *,
     warm_timeout: float | None = None,
 ) -> ModeResult:
-    """One burst on a fresh LocalStack (its own Redis and archive; Ray is shared)."""
+    """One burst on a fresh gateway stack (its own Redis and archive; Ray is shared)."""
     result = ModeResult(mode, calls)
     started = time.monotonic()
-    _say(out, f"call_setup [{mode.label(calls)}]: starting Redis, the gateway and the stand-in")
-    async with LocalStack(
-        base=mode_settings(settings, mode, calls), call_slots=call_slots(calls)
-    ) as stack:
-        assert stack.acs is not None and stack.redis is not None and stack.settings is not None
+    acs = ExternalAcs.fresh()
+    workdir = Path(tempfile.mkdtemp(prefix="rtvoice-bench-"))
+    _say(out, f"call_setup [{mode.label(calls)}]: starting Redis and the gateway")
+    async with gateway_stack(settings, acs, spares=calls if mode.warm else 0) as stack:
         if mode.warm:
             timeout = warm_timeout if warm_timeout is not None else warm_timeout_s(calls)
             _say(out, f"  warming the pool: waiting for {calls} spares (up to {timeout:.0f} s)")
@@ -427,31 +413,28 @@ async def run_mode(
                 result.wall_s = time.monotonic() - started
                 return result
             _say(out, f"  pool warm: {result.spares} spares in {result.warm_s:.1f} s")
-        if not await stack.acs.validate_subscription(stack.gateway_url):
-            raise RuntimeError("the gateway refused Event Grid's subscription handshake")
-        clock = ActivationClock()
-        done: list[CallReport] = []
-        _say(out, f"  placing {calls} calls at once")
-        with clock.installed(stack.running[0].gateway.router):
-            ticker = asyncio.create_task(_progress(out, mode, clock, done, calls))
-            burst = time.monotonic()
-            try:
-                report = await run_scenario(
-                    stack.acs, stack.gateway_url, burst_scenario(calls), on_call_done=done.append
-                )
-            finally:
-                ticker.cancel()
-        result.cold_starts = _cold_starts(stack.running[0].gateway.router)
-        call_ids = [r.call_connection_id for r in report.calls if r.answered]
+        metrics = stack.gateway.metrics
+        _say(out, f"  placing {calls} calls at once (the stand-in in a subprocess)")
+        ticker = asyncio.create_task(_progress(out, mode, metrics, calls))
+        try:
+            reports, err = await _place_calls(stack, acs, calls, workdir)
+        finally:
+            ticker.cancel()
+        if not reports:
+            result.note = f"no load-generator report: {err}"
+            _say(out, f"  {result.note}")
+            result.wall_s = time.monotonic() - started
+            return result
+        result.cold_starts = stack.pool.cold_starts
+        set_up = dict(metrics.recent_setups)
+        call_ids = [r.call_connection_id for r in reports if r.answered]
         async with open_archive(stack.settings.storage) as store:
             transcripts = await _archived(store, call_ids)
         result.setups = [
             CallSetup.build(
-                r,
-                clock.since(r.call_connection_id, burst),
-                transcripts.get(r.call_connection_id),
+                r, set_up.get(r.call_connection_id), transcripts.get(r.call_connection_id)
             )
-            for r in report.calls
+            for r in reports
         ]
     result.wall_s = time.monotonic() - started
     _say(

@@ -8,9 +8,10 @@ Argument parsing only (kept light: every ``rtvoice`` command builds this parser)
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 from bench.registry import ALL, BENCHMARKS, selected
 from bench.results import BenchOptions
@@ -44,7 +45,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_bench_command(args: argparse.Namespace, settings: Settings) -> int:
     from bench.runner import run_benchmarks  # Ray and the servers: on use only
 
-    return asyncio.run(
+    return uvloop.run(  # the loop `rtvoice serve` runs the gateway on
         run_benchmarks(
             selected(args.name), settings, BenchOptions(calls=args.calls), json_to=args.json
         )

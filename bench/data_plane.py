@@ -19,13 +19,10 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
-import secrets
 import socket
 import struct
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -34,21 +31,15 @@ from typing import Any, TextIO
 
 import orjson
 import ray
-from pydantic import SecretStr
 
-from actors.config import CallActorConfig
-from actors.pool import WarmPool
+from bench.frame_floor import measure_floor
+from bench.gateway_stack import ExternalAcs, gateway_stack, load_generator_command
 from bench.local_ray import local_ray
 from bench.machine import describe_machine
+from bench.proc_stats import cpu_percent, proc_cpu_s
 from bench.results import Benchmark, BenchOptions, BenchResult, format_table
-from gateway.app import create_app
-from gateway.service import build_gateway, uvicorn_server
-from simulator.devstack.local_redis import LocalRedisServer, free_port
-from simulator.jwt_issuer import ACS_ISSUER
 from storage.archive import open_archive
-from storage.errors import StorageError
 from storage.latency import percentile
-from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import Settings
 
 NAME = "data_plane"
@@ -66,7 +57,7 @@ SOCKET_PACED_S = 3.0
 SOCKET_SATURATE_FRAMES = 200_000
 ARCHIVE_WAIT_S = 30.0
 LIVE_WAIT_S = 60.0
-CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+FLOOR_ACTORS = 4  # bare actors fed one call each for the floor
 
 DEFINITIONS = {
     "gateway CPU per call": (
@@ -78,6 +69,12 @@ DEFINITIONS = {
         "each call actor's process (pid from info()) over the same window, % of one core; p50 "
         "/ max over the calls. 'bare Ray actor floor': an async Ray actor doing nothing, measured "
         "over the same window (Ray's own per-process cost)"
+    ),
+    "floor (frames)": (
+        "the issue's floor: bare async Ray actors (bench/frame_floor.py) each reading one call's "
+        "ACS AudioData JSON over TCP at 50 frames/s, parsing it (JSON, base64) and writing an "
+        "outbound AudioData reply per frame; CPU from /proc over a window after the calls end, "
+        "p50 over the floor actors. Target: a call actor within 1.3x of it"
     ),
     "frame latency": (
         "measured in each call actor: the AudioData capture timestamp (stamped by the caller in "
@@ -104,22 +101,6 @@ DEFINITIONS = {
 
 
 # -- /proc ----------------------------------------------------------------------------------------
-
-
-def proc_cpu_s(pid: int) -> float | None:
-    """utime + stime of ``pid`` in seconds (None if it is gone or not readable)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "; state is fields[0]
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # stat fields 14 and 15
-
-
-def cpu_percent(before: float | None, after: float | None, seconds: float) -> float | None:
-    if before is None or after is None or seconds <= 0:
-        return None
-    return 100.0 * (after - before) / seconds
 
 
 def latency_summary(samples_ms: list[float]) -> dict[str, float | int | None]:
@@ -161,6 +142,7 @@ class DataPlaneRun:
     archived: int = 0
     gateway_cpu_pct: float | None = None
     floor_cpu_pct: float | None = None  # the bare Ray actor
+    frame_floor_cpu_pct: float | None = None  # a bare Ray actor reading and answering frames
     per_call: list[CallMeasure] = field(default_factory=list)
     note: str = ""
 
@@ -224,6 +206,7 @@ class DataPlaneRun:
             "actor_cpu_pct_p50": _r(percentile(actor, 50)) if actor else None,
             "actor_cpu_pct_max": _r(actor[-1]) if actor else None,
             "bare_ray_actor_cpu_pct": _r(self.floor_cpu_pct),
+            "frame_floor_cpu_pct": _r(self.frame_floor_cpu_pct),
             "window_frames": self.window_frames,
             "window_frame_rate": round(self.frame_rate, 1),
             "frames_sent": self.frames_sent,
@@ -268,7 +251,10 @@ def table(run: DataPlaneRun, ray_b: Baseline, sock_b: Baseline, cores: int) -> s
         ("actor CPU, per call p50 / max",
          f"{_fmt(percentile(actor, 50) if actor else None, '.2f', '%')} / "
          f"{_fmt(actor[-1] if actor else None, '.2f', '%')}"),
-        ("bare Ray actor (floor)", _fmt(run.floor_cpu_pct, ".2f", "%")),
+        ("floor: bare Ray actor, same frames",
+         f"{_fmt(run.frame_floor_cpu_pct, '.2f', '%')}  (actor p50 vs it: "
+         f"{_ratio(percentile(actor, 50) if actor else None, run.frame_floor_cpu_pct)})"),
+        ("bare Ray actor, idle", _fmt(run.floor_cpu_pct, ".2f", "%")),
         ("frame latency p50 / p99 (ms)",
          f"{_fmt(lat['p50_median_of_calls'], '.1f')} / {_fmt(lat['p99_median_of_calls'], '.1f')}"
          f" (worst call p99 {_fmt(lat['p99_worst_call'], '.1f')}; p99.9 not kept)"),
@@ -299,107 +285,6 @@ def table(run: DataPlaneRun, ray_b: Baseline, sock_b: Baseline, cores: int) -> s
     if run.note:
         lines.append(f"  note: {run.note}")
     return "\n".join(lines)
-
-
-# -- the gateway in this process, the callers in a subprocess -------------------------------------
-
-
-@dataclass(slots=True)
-class ExternalAcs:
-    """What the gateway trusts; the stand-in subprocess is started with the same values."""
-
-    port: int
-    access_key: str
-    audience: str
-    event_grid_secret: str
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @classmethod
-    def fresh(cls) -> ExternalAcs:
-        import base64
-
-        return cls(
-            port=free_port(),
-            access_key=base64.b64encode(secrets.token_bytes(64)).decode(),
-            audience=f"bench-{secrets.token_hex(8)}",
-            event_grid_secret=secrets.token_urlsafe(24),
-        )
-
-
-@dataclass(slots=True)
-class GatewayStack:
-    settings: Settings
-    gateway_url: str
-    pool: WarmPool
-
-
-@contextlib.asynccontextmanager
-async def gateway_stack(
-    base: Settings, acs: ExternalAcs, spares: int
-) -> AsyncIterator[GatewayStack]:
-    """Redis, one gateway replica in this process (Ray already up), trusting ``acs``."""
-    workdir = tempfile.mkdtemp(prefix="rtvoice-bench-")
-    redis_server = LocalRedisServer().start()
-    port = free_port()
-    settings = base.replace(
-        redis_url=redis_server.url,
-        public_url=f"http://127.0.0.1:{port}",
-        acs_endpoint=acs.endpoint,
-        acs_access_key=SecretStr(acs.access_key),
-        acs_jwt_issuer=ACS_ISSUER,
-        acs_jwks_url=f"{acs.endpoint}/calling/keys",
-        acs_audience=acs.audience,
-        gateway_secret=SecretStr(secrets.token_urlsafe(32)),
-        eventgrid_secret=SecretStr(acs.event_grid_secret),
-        archive_path=str(Path(workdir) / "archive.sqlite3"),
-        spool_dir=str(Path(workdir) / "spool"),
-        pool_min_spares=spares,
-        pool_max_spares=spares,
-        replica_id="gw-bench",
-    )
-    redis = AsyncAzureRedisManager.from_settings(settings.storage)
-    actor_config = CallActorConfig.from_settings(settings)
-    gateway = build_gateway(settings, redis, actor_config)
-    server = uvicorn_server(create_app(gateway), "127.0.0.1", port)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                await task
-            await asyncio.sleep(0.02)
-        yield GatewayStack(settings, f"http://127.0.0.1:{port}", gateway.router.pool)
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await gateway.acs.close()
-        pool = WarmPool(redis, actor_config, owner="", min_spares=0, max_spares=0)
-        with contextlib.suppress(StorageError):
-            await pool.retire_all()
-        await redis.close()
-        redis_server.stop()
-
-
-def load_generator_command(
-    acs: ExternalAcs, gateway_url: str, calls: int, talk_s: float, report: Path
-) -> list[str]:
-    return [
-        sys.executable, "-m", "simulator.cli", "simulate",
-        "--gateway", gateway_url,
-        "--port", str(acs.port),
-        "--access-key", acs.access_key,
-        "--audience", acs.audience,
-        "--event-grid-secret", acs.event_grid_secret,
-        "--calls", str(calls),
-        "--duration", str(talk_s),
-        "--stagger", "0.05",
-        "--answer-timeout", "30",
-        "--json", str(report),
-        "--no-progress",
-    ]  # fmt: skip
 
 
 class _Idle:
@@ -460,7 +345,7 @@ async def measure_data_plane(
         _say(out, f"  pool: {await stack.pool.spare_count()}/{calls} spares; placing {calls} "
                   f"calls of {talk_s:.0f} s (the stand-in and callers in a subprocess)")
         proc = await asyncio.create_subprocess_exec(
-            *load_generator_command(acs, stack.gateway_url, calls, talk_s, report_path),
+            *load_generator_command(acs, stack.gateway_url, calls, report_path, talk_s=talk_s),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -679,12 +564,16 @@ def targets(run: DataPlaneRun, ray_b: Baseline, sock_b: Baseline, cores: int) ->
     actor = run.actor_cpu()
     actor_p50 = percentile(actor, 50) if actor else None
     capacity = run.capacity_estimate(cores)
-    floor = run.floor_cpu_pct
+    floor = run.frame_floor_cpu_pct
     return {
-        "actor_within_1_3x_of_bare_ray_actor": (
+        "actor_within_1_3x_of_floor": (
             None if actor_p50 is None or not floor else actor_p50 <= 1.3 * floor
         ),
-        "actor_vs_bare_ray_actor": None if actor_p50 is None or not floor else actor_p50 / floor,
+        "actor_vs_floor": None if actor_p50 is None or not floor else actor_p50 / floor,
+        "actor_vs_idle_bare_ray_actor": (
+            None if actor_p50 is None or not run.floor_cpu_pct
+            else actor_p50 / run.floor_cpu_pct
+        ),
         "gateway_at_most_0_3pct_core_per_call": (
             None if run.gateway_cpu_per_call is None else run.gateway_cpu_per_call <= 0.3
         ),
@@ -724,6 +613,10 @@ async def run_data_plane(
     started_at = datetime.now(UTC)
     with local_ray(settings, max(16, 3 * calls), out, NAME):
         run = await measure_data_plane(settings, calls, talk, window, out)
+        floor_actors = min(calls, FLOOR_ACTORS)
+        _say(out, f"  floor: {floor_actors} bare Ray actors reading the same frames, writing "
+                  "the same replies")
+        run.frame_floor_cpu_pct = (await measure_floor(floor_actors, window)).cpu_p50
         _say(out, f"  baseline: one Ray actor call per frame ({calls * FRAMES_PER_S}/s, then "
                   "saturated)")
         ray_b = await ray_call_baseline(calls, ray_s, ray_n)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import statistics
 import tempfile
 import time
@@ -32,6 +31,7 @@ from actors.stream_protocol import StreamConnection, open_stream
 from bench.bare_actor import BareActor
 from bench.local_ray import local_ray
 from bench.machine import describe_machine
+from bench.proc_stats import cpu_percent, private_kib, proc_cpu_s
 from bench.results import Benchmark, BenchOptions, BenchResult, format_table
 from simulator.devstack.local_redis import LocalRedisServer
 from storage.settings import Settings
@@ -63,25 +63,6 @@ DEFINITIONS = {
 }
 
 
-def private_kib(pid: int) -> int | None:
-    """USS in KiB from ``/proc/<pid>/smaps_rollup`` (None if the process is gone)."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return None
-    return sum(int(line.split()[1]) for line in text.splitlines() if line.startswith("Private_"))
-
-
-def cpu_ticks(pid: int) -> int | None:
-    """utime + stime of ``pid`` in clock ticks (None if the process is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)"; comm may hold spaces
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
-
-
 @dataclass(slots=True)
 class Reading:
     kind: str  # "call" or "bare"
@@ -100,15 +81,12 @@ class Reading:
 
 def measure_window(readings: list[Reading], window_s: float, sleep: Any = time.sleep) -> None:
     """CPU over ``window_s`` and USS at its end, for every reading's process (blocking)."""
-    hz = os.sysconf("SC_CLK_TCK")
-    before = {r.pid: cpu_ticks(r.pid) for r in readings}
+    before = {r.pid: proc_cpu_s(r.pid) for r in readings}
     started = time.monotonic()
     sleep(window_s)
     elapsed = time.monotonic() - started
     for r in readings:
-        start, end = before[r.pid], cpu_ticks(r.pid)
-        if start is not None and end is not None:
-            r.cpu_percent = (end - start) / hz / elapsed * 100.0
+        r.cpu_percent = cpu_percent(before[r.pid], proc_cpu_s(r.pid), elapsed)
         kib = private_kib(r.pid)
         r.uss_mib = None if kib is None else kib / 1024.0
 

@@ -155,6 +155,7 @@ def _json(data: Any, code: int = status.HTTP_200_OK) -> Response:
 
 
 async def incoming_call(request: Request) -> Response:
+    received = time.perf_counter()  # call set-up is timed from here to the actor ready
     gw: Gateway = request.app.state.gateway
     if gw.event_grid_auth is not None:
         try:
@@ -171,7 +172,7 @@ async def incoming_call(request: Request) -> Response:
     if post.validation_code is not None:
         return _json({"validationResponse": post.validation_code})
     for call in post.incoming_calls:
-        gw.spawn(_answer(gw, call))
+        gw.spawn(_answer(gw, call, received))
     return Response(status_code=status.HTTP_200_OK)
 
 
@@ -187,7 +188,7 @@ async def _first_answer(gw: Gateway, call: IncomingCall) -> bool:
         return True  # Redis down: this replica's memory is the only guard left
 
 
-async def _answer(gw: Gateway, call: IncomingCall) -> None:
+async def _answer(gw: Gateway, call: IncomingCall, received: float) -> None:
     if not await _first_answer(gw, call):
         gw.metrics.refuse("event_grid", "already_answered")
         return
@@ -195,7 +196,7 @@ async def _answer(gw: Gateway, call: IncomingCall) -> None:
         await _reject_busy(gw, call)
         return
     try:
-        await _answer_admitted(gw, call)
+        await _answer_admitted(gw, call, received)
     finally:
         gw.admission.release()  # its actor is up and holds its slot, or the attempt is over
 
@@ -212,7 +213,7 @@ async def _reject_busy(gw: Gateway, call: IncomingCall) -> None:
         log.warning("rejecting a call failed: %s", type(exc).__name__)
 
 
-async def _answer_admitted(gw: Gateway, call: IncomingCall) -> None:
+async def _answer_admitted(gw: Gateway, call: IncomingCall, received: float) -> None:
     plan = plan_answer(
         gw.public_url,
         gw.url_secrets,
@@ -242,6 +243,7 @@ async def _answer_admitted(gw: Gateway, call: IncomingCall) -> None:
                 except StorageError as exc:  # the actor gets the call's fields all the same
                     log.warning("storing the call session failed: %s", type(exc).__name__)
                 await gw.router.activate(call_id, incoming)
+            gw.metrics.call_set_up(call_id, time.perf_counter() - received)
         except TimeoutError:
             await _drop(gw, call_id, "activation_timeout")
         except Exception as exc:  # Ray errors, CallEnded, anything: the caller must not wait

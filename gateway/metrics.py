@@ -8,6 +8,7 @@ cardinality).
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Collection, Iterator
 from typing import Protocol
 
@@ -160,10 +161,22 @@ class GatewayMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.call_setup_seconds = Histogram(
+            "rtvoice_gateway_call_setup_seconds",
+            "IncomingCall received -> the answered call's actor ready for media",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+        # (call id, seconds) of the latest set-ups, for the call_setup benchmark's percentiles.
+        self.recent_setups: deque[tuple[str, float]] = deque(maxlen=1000)
         self.replica = Gauge(
             "rtvoice_gateway_info", "Replica identity", ["replica"], registry=self.registry
         )
         self.replica.labels(replica=replica_id).set(1)
+
+    def call_set_up(self, call_id: str, seconds: float) -> None:
+        self.call_setup_seconds.observe(seconds)
+        self.recent_setups.append((call_id, seconds))
 
     def watch_pool(self, pool: PoolView) -> None:
         self.registry.register(PoolStats(pool))

@@ -26,6 +26,7 @@ from gateway.call_binding import CallBindings
 from gateway.embedded_server import EmbeddedServer
 from gateway.metrics import GatewayMetrics
 from gateway.storage_health import StorageHealth
+from gateway.websocket_protocol import ReadAheadWebSocketProtocol
 from storage.archive import open_archive
 from storage.archive_drainer import ArchiveDrainer
 from storage.keys import validate_identifier
@@ -189,7 +190,7 @@ def uvicorn_server(app: Starlette, host: str, port: int) -> EmbeddedServer:
         host=host,
         port=port,
         log_level="warning",
-        ws="websockets-sansio",
+        ws=ReadAheadWebSocketProtocol,
         # A transport cap (close 1009) far above any ACS message; the stream bridge refuses
         # and counts anything over its own 64 KiB limit without closing the call's socket.
         ws_max_size=WS_MAX_MESSAGE_BYTES,

@@ -42,6 +42,12 @@ class CallReport:
     duration_s: float = 0.0
     unexpected: list[str] = field(default_factory=list)
 
+    @classmethod
+    def from_summary(cls, doc: dict[str, Any]) -> CallReport:
+        """A report back from its ``summary()`` (a load generator's JSON); no audio."""
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in doc.items() if k in names})
+
     @property
     def ok(self) -> bool:
         return self.answered and not self.unexpected

@@ -17,13 +17,14 @@ from bench.call_setup import (
     READY_ACTIVATION,
     READY_FIRST_FRAME,
     WARM_POOL,
-    ActivationClock,
     CallSetup,
     ModeResult,
     run_call_setup,
     wait_for_spares,
 )
+from bench.frame_floor import measure_floor
 from bench.machine import describe_machine, machine_line
+from bench.proc_stats import cpu_percent
 from bench.registry import ALL, BENCHMARKS, load, selected
 from bench.results import BenchOptions, BenchResult, format_table, spread
 from bench.runner import json_path, report
@@ -115,21 +116,11 @@ async def test_waiting_for_spares_gives_up_at_the_timeout_with_progress() -> Non
     assert await wait_for_spares(filling, 3, 5.0, lambda *_: None, poll_s=0.01) == 3
 
 
-async def test_activation_clock_records_the_first_return_and_restores_the_router() -> None:
-    class Router:
-        async def activate(self, call_id: str, incoming: object = None) -> str:
-            return f"endpoint-{call_id}"
-
-    router = Router()
-    clock = ActivationClock()
-    with clock.installed(router):
-        assert await router.activate("a") == "endpoint-a"
-        first = clock.ready_at["a"]
-        await router.activate("a")
-    assert clock.ready_at == {"a": first}
-    assert clock.since("a", first - 1.0) == pytest.approx(1.0)
-    assert clock.since("b", 0.0) is None
-    assert "activate" not in vars(router)
+def test_a_load_generators_report_reads_back_for_the_set_up_records() -> None:
+    report = CallReport(3, "+1", "call-x", answered=True, time_to_connected_s=0.25, frames_sent=9)
+    back = CallReport.from_summary(orjson.loads(orjson.dumps(report.summary())))
+    assert (back.index, back.call_connection_id, back.answered) == (3, "call-x", True)
+    assert (back.time_to_connected_s, back.frames_sent) == (0.25, 9)
 
 
 def test_every_registered_benchmark_loads_and_all_selects_them() -> None:
@@ -246,11 +237,12 @@ async def test_checkpoint_smoke_run_on_a_private_redis() -> None:
 def test_density_reads_private_memory_and_cpu_from_proc() -> None:
     import os
 
-    from bench.density import Reading, cpu_ticks, measure_window, private_kib, ratio, summaries
+    from bench.density import Reading, measure_window, ratio, summaries
     from bench.density import table as density_table
+    from bench.proc_stats import private_kib, proc_cpu_s
 
-    assert (private_kib(os.getpid()) or 0) > 0 and cpu_ticks(os.getpid()) is not None
-    assert private_kib(2**22 + 1) is None and cpu_ticks(2**22 + 1) is None
+    assert (private_kib(os.getpid()) or 0) > 0 and proc_cpu_s(os.getpid()) is not None
+    assert private_kib(2**22 + 1) is None and proc_cpu_s(2**22 + 1) is None
     readings = [Reading("call", os.getpid()), Reading("bare", os.getpid())]
     measure_window(readings, 0.0, sleep=lambda _: None)
     assert all(r.uss_mib and r.cpu_percent is not None for r in readings)
@@ -299,11 +291,7 @@ async def test_archive_smoke_run(ray_cluster: dict[str, object]) -> None:
 
 
 def test_data_plane_reads_cpu_from_proc_and_tabulates_a_run() -> None:
-    import os
-
-    assert (data_plane.proc_cpu_s(os.getpid()) or 0.0) > 0.0
-    assert data_plane.proc_cpu_s(2**22 + 7) is None  # no such pid
-    assert data_plane.cpu_percent(1.0, 1.5, 10.0) == pytest.approx(5.0)
+    assert cpu_percent(1.0, 1.5, 10.0) == pytest.approx(5.0)
     assert data_plane.latency_summary([])["p50"] is None
     summary = data_plane.latency_summary([float(i) for i in range(1, 1001)])
     assert summary["p99"] == 990.0 and summary["p99_9"] in (999.0, 1000.0)
@@ -381,3 +369,11 @@ async def test_reply_latency_smoke_run(ray_cluster: dict[str, object]) -> None:
     assert len(call["latency_ms"]) == 1 and not call["error"]
     assert call["actor"]["replies"] >= 1 and call["actor"]["tokens_out"] > 0
     assert "overhead (minus the model's" in result.table
+
+
+@pytest.mark.slow  # local Ray
+async def test_the_frame_floor_answers_every_frame_and_reads_its_cpu(
+    ray_cluster: dict[str, object],
+) -> None:
+    floor = await measure_floor(actors=1, window_s=0.5)
+    assert floor.frames > 0 and len(floor.cpu_pct) == 1 and floor.cpu_p50 is not None

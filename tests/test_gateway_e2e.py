@@ -63,6 +63,7 @@ FMT = AudioFormat(16_000)  # the gateway's default pcm16KMono
 PITCH_TOLERANCE_HZ = 4.0  # voices are 15 Hz apart; the pitch wobble spreads a peak by ~1.3 Hz
 DUPLICATES = "rtvoice_gateway_duplicate_events_total"
 ANSWERED = "rtvoice_gateway_calls_answered_total"
+SET_UP = "rtvoice_gateway_call_setup_seconds_count"
 LIVE_TIMEOUT_S = 60.0  # generous: the machine is shared and actor processes start cold
 
 
@@ -408,7 +409,7 @@ async def _two_replicas(harness: Harness, a: Replica, b: Replica) -> None:
 
     # Answered by B, which hands ACS replica A's URLs: callbacks and media land on A.
     answered_by_b = caller("+14255550130", 12, ["Answered by one, served by another."], tail_s=2.0)
-    b_answered = sample(b, ANSWERED)
+    b_answered, b_set_up = sample(b, ANSWERED), sample(b, SET_UP)
     first = asyncio.create_task(harness.run([answered_by_b], url=b.url))
     fixed_id = await harness.live_call(answered_by_b)
     await eventually(lambda: media_on(fixed_id, a.gateway.replica_id))
@@ -452,6 +453,8 @@ async def _two_replicas(harness: Harness, a: Replica, b: Replica) -> None:
     (fixed_report,) = await first
     (moving_report,) = await second
     assert sample(b, ANSWERED) - b_answered == 1
+    assert sample(b, SET_UP) - b_set_up == 1  # timed from IncomingCall to its actor ready
+    assert [call for call, _ in b.gateway.metrics.recent_setups][-1:] == [fixed_id]
     assert moving_report.media_connects == 2
     for report, script in ((fixed_report, answered_by_b), (moving_report, moving)):
         assert report.ok and report.heard_s > 0, report.unexpected

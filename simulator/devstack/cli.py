@@ -7,8 +7,9 @@ Argument parsing only; the run is ``simulator.devstack.demo``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
+
+import uvloop
 
 from gateway.cli import bounded_int
 from storage.settings import Settings
@@ -51,4 +52,4 @@ def run_demo_command(args: argparse.Namespace, settings: Settings) -> int:
         keep_running=args.keep_running,
         responder=args.responder,
     )
-    return asyncio.run(run_demo(settings, options))
+    return uvloop.run(run_demo(settings, options))  # the loop `rtvoice serve` uses

@@ -1,0 +1,140 @@
+"""One gateway replica in the benchmark's process, the ACS stand-in and its callers in a
+subprocess (``python -m simulator.cli simulate``): this process's CPU and event loop are the
+gateway's alone, as in production, where ACS is another service.
+
+``gateway_stack`` starts a private Redis and the replica (local Ray must be up) trusting an
+``ExternalAcs``; ``load_generator_command`` is the stand-in started with the same values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import secrets
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from actors.config import CallActorConfig
+from actors.pool import WarmPool
+from gateway.app import Gateway, create_app
+from gateway.service import build_gateway, uvicorn_server
+from simulator.devstack.local_redis import LocalRedisServer, free_port
+from simulator.jwt_issuer import ACS_ISSUER
+from storage.errors import StorageError
+from storage.redis_manager import AsyncAzureRedisManager
+from storage.settings import Settings
+
+
+@dataclass(slots=True)
+class ExternalAcs:
+    """What the gateway trusts; the stand-in subprocess is started with the same values."""
+
+    port: int
+    access_key: str
+    audience: str
+    event_grid_secret: str
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @classmethod
+    def fresh(cls) -> ExternalAcs:
+        return cls(
+            port=free_port(),
+            access_key=base64.b64encode(secrets.token_bytes(64)).decode(),
+            audience=f"bench-{secrets.token_hex(8)}",
+            event_grid_secret=secrets.token_urlsafe(24),
+        )
+
+
+@dataclass(slots=True)
+class GatewayStack:
+    settings: Settings
+    gateway_url: str
+    gateway: Gateway
+
+    @property
+    def pool(self) -> WarmPool:
+        return self.gateway.router.pool
+
+
+@contextlib.asynccontextmanager
+async def gateway_stack(
+    base: Settings, acs: ExternalAcs, spares: int
+) -> AsyncIterator[GatewayStack]:
+    """Redis, one gateway replica in this process (Ray already up), trusting ``acs``."""
+    workdir = tempfile.mkdtemp(prefix="rtvoice-bench-")
+    redis_server = LocalRedisServer().start()
+    port = free_port()
+    settings = base.replace(
+        redis_url=redis_server.url,
+        public_url=f"http://127.0.0.1:{port}",
+        acs_endpoint=acs.endpoint,
+        acs_access_key=SecretStr(acs.access_key),
+        acs_jwt_issuer=ACS_ISSUER,
+        acs_jwks_url=f"{acs.endpoint}/calling/keys",
+        acs_audience=acs.audience,
+        gateway_secret=SecretStr(secrets.token_urlsafe(32)),
+        eventgrid_secret=SecretStr(acs.event_grid_secret),
+        archive_path=str(Path(workdir) / "archive.sqlite3"),
+        spool_dir=str(Path(workdir) / "spool"),
+        pool_min_spares=spares,
+        pool_max_spares=spares,
+        replica_id="gw-bench",
+    )
+    redis = AsyncAzureRedisManager.from_settings(settings.storage)
+    actor_config = CallActorConfig.from_settings(settings)
+    gateway = build_gateway(settings, redis, actor_config)
+    server = uvicorn_server(create_app(gateway), "127.0.0.1", port)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                await task
+            await asyncio.sleep(0.02)
+        yield GatewayStack(settings, f"http://127.0.0.1:{port}", gateway)
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await gateway.acs.close()
+        pool = WarmPool(redis, actor_config, owner="", min_spares=0, max_spares=0)
+        with contextlib.suppress(StorageError):
+            await pool.retire_all()
+        await redis.close()
+        redis_server.stop()
+
+
+def load_generator_command(
+    acs: ExternalAcs,
+    gateway_url: str,
+    calls: int,
+    report: Path,
+    *,
+    talk_s: float = 10.0,
+    scenario: Path | None = None,
+) -> list[str]:
+    """The stand-in placing ``calls`` callers who talk for ``talk_s`` (or as ``scenario`` says,
+    a Scenario JSON file), writing its report to ``report``."""
+    callers = ["--scenario", str(scenario)] if scenario else ["--duration", str(talk_s)]
+    return [
+        sys.executable, "-m", "simulator.cli", "simulate",
+        "--gateway", gateway_url,
+        "--port", str(acs.port),
+        "--access-key", acs.access_key,
+        "--audience", acs.audience,
+        "--event-grid-secret", acs.event_grid_secret,
+        "--calls", str(calls),
+        *callers,
+        "--stagger", "0.05",
+        "--answer-timeout", "30",
+        "--json", str(report),
+        "--no-progress",
+    ]  # fmt: skip

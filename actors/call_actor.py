@@ -68,6 +68,14 @@ def _in_ray_actor() -> bool:
     return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
+def _restarted_by_ray() -> bool:
+    if not _in_ray_actor():
+        return False
+    import ray
+
+    return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
 class SpareTaken(Exception):
     """This spare's process already serves another call (a process serves one call only)."""
 
@@ -108,6 +116,11 @@ class CallActor:
         self._turn_lock = asyncio.Lock()
         self._ending: asyncio.Task[None] | None = None
         self._accepting_turns = True  # False once the end of call has taken the last turn
+        if not self.call_id and _restarted_by_ray():
+            # Pool actors are created without a call, so a restarted one knows none either. A
+            # live call's gateway binds it again within seconds (its stream reconnect); if
+            # nobody does, its call is over and the process only holds a call slot.
+            asyncio.get_running_loop().call_later(config.orphan_grace_s, self._exit_if_unbound)
         self._session_dirty = False
         self.finished = asyncio.Event()
 
@@ -582,6 +595,11 @@ class CallActor:
         the call gets its reply before the process goes (an exit fails running methods)."""
         if _in_ray_actor():
             asyncio.get_running_loop().call_later(EXIT_GRACE_S, self._exit)
+
+    def _exit_if_unbound(self) -> None:
+        if not self.call_id:
+            log.warning("%r: restarted by Ray and never bound to a call; exiting", self)
+            self._exit()
 
     def _exit(self) -> None:
         import ray

@@ -44,6 +44,9 @@ class CallActorConfig:
     # Ray placement
     max_restarts: int = 3
     max_task_retries: int = 2
+    # A process Ray restarted that no gateway binds to a call within this time exits: its call
+    # ended meanwhile (or it was a spare the pool no longer queues), and it holds a call slot.
+    orphan_grace_s: float = 60.0
 
     def __post_init__(self) -> None:
         redis = self.settings.storage.redis

@@ -138,6 +138,23 @@ async def test_a_restarted_bound_actor_finds_its_call_again(
     await handle2.shutdown.remote("test")
 
 
+async def test_a_restarted_actor_nobody_binds_exits_after_its_grace(
+    redis_mgr: AsyncAzureRedisManager, config: CallActorConfig
+) -> None:
+    """A call that ended while its node went away: Ray restarts the actor, no gateway binds it
+    again, and it must not hold a call slot for good."""
+    pool = WarmPool(
+        redis_mgr, config.with_changes(orphan_grace_s=1.0), owner="t", min_spares=1, max_spares=1
+    )
+    await warm_up(pool, redis_mgr, 1)
+    (name,) = await redis_mgr.spare_names(pool.name)
+    handle = await pool.handle(name)
+    pid = (await handle.info.remote())["pid"]
+    await redis_mgr.remove_spare(pool.name, name)  # as the drained node left it: unqueued
+    os.kill(pid, signal.SIGKILL)
+    await eventually(lambda: _gone(name, config.namespace), timeout=60)
+
+
 async def test_consecutive_calls_never_share_a_process(
     pool: WarmPool, redis_mgr: AsyncAzureRedisManager, config: CallActorConfig
 ) -> None:

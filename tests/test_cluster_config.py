@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from actors.cluster import LOW_IDLE_SYSTEM_CONFIG
 from storage.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,15 @@ def test_every_node_installs_this_checkout_and_the_head_runs_a_gateway() -> None
     assert "rtvoice serve" in head and "RTVOICE_RAY_ADDRESS=auto" in head
     workers = " ".join(config["worker_start_ray_commands"])
     assert "--address=$RAY_HEAD_IP:6379" in workers
+
+
+def test_every_ray_start_lowers_the_idle_cost_as_local_ray_does() -> None:
+    config = yaml.safe_load(CLUSTER_YAML.read_text())
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        start = next(c for c in commands if "ray start" in c)
+        for name, value in LOW_IDLE_SYSTEM_CONFIG.items():
+            env_value = str(int(value)) if isinstance(value, bool | int) else str(value)
+            assert f"RAY_{name}={env_value}" in start, (name, start)
 
 
 def test_head_fault_tolerance_through_an_external_redis_is_documented() -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -32,6 +33,7 @@ from storage.affinity import Endpoint
 
 log = logging.getLogger(__name__)
 
+BACKLOG_POLL_S = 0.005  # how often a backlog over the limit is looked at while it drains
 
 # resolve(call_id, refresh) -> the actor's current endpoint, None while it is not (yet) reachable;
 # raises CallEnded once the call is over.
@@ -57,6 +59,9 @@ class StreamBridge:
         # ~2 s of 16 kHz media queued for a stalled actor (after ~4 s in the kernel); under
         # the stream's write high-water mark, so sending media never blocks reading ACS.
         backlog_limit: int = 128 * 1024,
+        # How long a backlog over the limit may take to drain before the actor counts as
+        # stalled: an actor briefly behind (a burst, a busy CPU) loses nothing.
+        stall_s: float = 1.0,
     ) -> None:
         self.websocket = websocket
         self.call_id = call_id
@@ -70,6 +75,8 @@ class StreamBridge:
         self._max_message_bytes = max_message_bytes
         self._deadline_s = reconnect_deadline_s
         self._backlog_limit = backlog_limit
+        self._stall_s = stall_s
+        self._stalled = False  # the actor did not drain its backlog in time; media is dropped
         self._conn: StreamConnection | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self._outbound: asyncio.Task[None] | None = None
@@ -152,7 +159,7 @@ class StreamBridge:
             self._buffer(text)
             return
         try:
-            if self.stream == "media" and conn.backlog_bytes > self._backlog_limit:
+            if self.stream == "media" and not await self._backlog_drains(conn):
                 # The actor stopped reading: drop (counted) rather than queue stale audio or
                 # stop reading ACS. Transcription is never dropped: it carries the turns.
                 self._metrics.frames_dropped.labels(stream=self.stream).inc()
@@ -163,6 +170,22 @@ class StreamBridge:
         except (ConnectionError, OSError):
             self._buffer(text)
             self._start_reconnect()
+
+    async def _backlog_drains(self, conn: StreamConnection) -> bool:
+        """True when the actor takes media in time: its backlog is under the limit, or falls
+        under it within ``stall_s``. While it is stalled, False at once, frame after frame."""
+        if conn.backlog_bytes <= self._backlog_limit:
+            self._stalled = False
+            return True
+        if self._stalled:
+            return False
+        deadline = time.monotonic() + self._stall_s
+        while conn.backlog_bytes > self._backlog_limit:
+            if time.monotonic() >= deadline:
+                self._stalled = True
+                return False
+            await asyncio.sleep(BACKLOG_POLL_S)
+        return True
 
     def _buffer(self, text: str) -> None:
         if len(self._pending) == self._pending.maxlen:

@@ -307,3 +307,41 @@ async def test_actor_unreachable_past_the_deadline_closes_try_again_later(
     never = make_bridge(FakeWebSocket(), call_id, Resolver(None), metrics, reconnect_deadline_s=0.2)
     with pytest.raises(ActorUnavailable):
         await never.connect()
+
+
+class Backlog:
+    """A stream connection's write backlog as the bridge reads it, one value per look."""
+
+    def __init__(self, *sizes: int) -> None:
+        self.sizes = list(sizes)
+        self.looks = 0
+
+    @property
+    def backlog_bytes(self) -> int:
+        self.looks += 1
+        return self.sizes.pop(0) if len(self.sizes) > 1 else self.sizes[0]
+
+
+async def test_media_behind_for_less_than_the_stall_time_is_forwarded_not_dropped(
+    call_id: str, metrics: GatewayMetrics
+) -> None:
+    bridge = StreamBridge(
+        FakeWebSocket(), call_id, STREAM, Resolver(None), metrics, backlog_limit=100, stall_s=5.0
+    )
+    burst = Backlog(500, 400, 300, 50)  # a fast sender: the actor catches up
+    assert await bridge._backlog_drains(cast(Any, burst))
+    assert burst.looks == 4
+
+
+async def test_a_stalled_actors_media_is_dropped_at_once_until_it_reads_again(
+    call_id: str, metrics: GatewayMetrics
+) -> None:
+    bridge = StreamBridge(
+        FakeWebSocket(), call_id, STREAM, Resolver(None), metrics, backlog_limit=100, stall_s=0.05
+    )
+    stalled = Backlog(500)
+    assert not await bridge._backlog_drains(cast(Any, stalled))  # after waiting stall_s
+    looks = stalled.looks
+    assert not await bridge._backlog_drains(cast(Any, stalled))  # no second wait
+    assert stalled.looks == looks + 1
+    assert await bridge._backlog_drains(cast(Any, Backlog(0)))  # reading again

@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import time
+import warnings
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -73,7 +74,9 @@ def _restarted_by_ray() -> bool:
         return False
     import ray
 
-    return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    with warnings.catch_warnings():  # Ray reads its own deprecated actor_id property here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
 class SpareTaken(Exception):
@@ -116,11 +119,12 @@ class CallActor:
         self._turn_lock = asyncio.Lock()
         self._ending: asyncio.Task[None] | None = None
         self._accepting_turns = True  # False once the end of call has taken the last turn
+        self._orphan_check: asyncio.Task[None] | None = None
         if not self.call_id and _restarted_by_ray():
             # Pool actors are created without a call, so a restarted one knows none either. A
-            # live call's gateway binds it again within seconds (its stream reconnect); if
-            # nobody does, its call is over and the process only holds a call slot.
-            asyncio.get_running_loop().call_later(config.orphan_grace_s, self._exit_if_unbound)
+            # live call's gateway binds it again within seconds (its stream reconnect), a
+            # queued spare waits its turn; otherwise its call is over and it only holds a slot.
+            self._orphan_check = asyncio.get_running_loop().create_task(self._exit_if_orphaned())
         self._session_dirty = False
         self.finished = asyncio.Event()
 
@@ -596,10 +600,25 @@ class CallActor:
         if _in_ray_actor():
             asyncio.get_running_loop().call_later(EXIT_GRACE_S, self._exit)
 
-    def _exit_if_unbound(self) -> None:
-        if not self.call_id:
-            log.warning("%r: restarted by Ray and never bound to a call; exiting", self)
+    async def _exit_if_orphaned(self) -> None:
+        """Exit once, after a grace period, this restarted process is neither bound to a call
+        nor queued as a spare (while Redis cannot tell, it waits another period)."""
+        import ray
+
+        name = ray.get_runtime_context().get_actor_name() or ""
+        while not self.call_id:
+            await asyncio.sleep(self.config.orphan_grace_s)
+            if self.call_id:
+                return
+            try:
+                redis, _ = self._connect_storage()
+                if name in await redis.spare_names(self.config.spare_pool):
+                    continue
+            except StorageError:
+                continue
+            log.warning("%r: restarted by Ray, neither bound nor queued; exiting", self)
             self._exit()
+            return
 
     def _exit(self) -> None:
         import ray

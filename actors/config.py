@@ -5,6 +5,7 @@ Holds configuration only; it never opens a connection or reads the environment b
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -90,6 +91,12 @@ class CallActorConfig:
     def frame_bytes(self) -> int:
         """Bytes of one 20 ms frame of 16-bit mono PCM at the negotiated rate."""
         return self.sample_rate * FRAME_MS // 1000 * 2
+
+    @property
+    def spare_pool(self) -> str:
+        """The pool of spares started with this configuration: a replica with another (a new
+        release, or a test's second stack) must not take a spare started with this one."""
+        return "pool-" + hashlib.sha256(repr(self).encode()).hexdigest()[:16]
 
     def with_changes(self, **changes: Any) -> CallActorConfig:
         """A copy with knobs changed by field name and settings by their flat (variable) name."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import time
@@ -38,12 +37,6 @@ KEEPER_LEASE = "pool-keeper"
 MAX_TAKE_ATTEMPTS = 3  # spares found dead before falling back to a cold actor
 DEMAND_WINDOW_S = 30.0
 LIVE_TASK_PREFIX = "call:"
-
-
-def pool_name(config: CallActorConfig) -> str:
-    """The pool of spares started with ``config``: a replica with another actor configuration
-    (a new release, or a test's second stack) must not take a spare started with this one."""
-    return "pool-" + hashlib.sha256(repr(config).encode()).hexdigest()[:16]
 
 
 def live_task_name(call_id: str) -> str:
@@ -73,7 +66,7 @@ class WarmPool:
     ) -> None:
         self._redis = redis
         self._config = config
-        self.name = pool_name(config)
+        self.name = config.spare_pool
         self._owner = owner
         self.min_spares = min_spares
         self.max_spares = max(min_spares, max_spares)

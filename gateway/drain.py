@@ -25,7 +25,6 @@ import ray
 from actors.activation import forget_actor
 from actors.cluster import call_actor_nodes
 from actors.config import CallActorConfig
-from actors.pool import pool_name
 from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import Settings
 
@@ -185,7 +184,7 @@ async def drain_target(
             )
         else:
             assert node is not None
-            pool = pool_name(CallActorConfig.from_settings(settings))
+            pool = CallActorConfig.from_settings(settings).spare_pool
             try:
                 drained = await drain_node(
                     redis,

@@ -38,7 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ray.util import state
 
 from actors.config import CallActorConfig
-from actors.pool import live_task_name, pool_name
+from actors.pool import live_task_name
 from simulator.devstack.local_redis import LocalRedisServer, free_port
 from simulator.report import CallReport
 from simulator.script import CallerScript, ScriptLine
@@ -365,7 +365,7 @@ async def test_calls_scale_the_cluster_out_and_back_in(
         [head] = await asyncio.to_thread(fake_cluster.alive_nodes)
         assert head.is_head_node and not head.resources_total.get("call_slot")
         # The pool's floor (one spare) cannot be placed on the head: a worker comes up for it.
-        pool = pool_name(CallActorConfig.from_settings(load_settings(gateway.env)))
+        pool = CallActorConfig.from_settings(load_settings(gateway.env)).spare_pool
 
         async def spare_ready() -> bool:
             return await redis.spare_count(pool) >= 1

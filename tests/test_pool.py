@@ -142,7 +142,7 @@ async def test_a_restarted_actor_nobody_binds_exits_after_its_grace(
     redis_mgr: AsyncAzureRedisManager, config: CallActorConfig
 ) -> None:
     """A call that ended while its node went away: Ray restarts the actor, no gateway binds it
-    again, and it must not hold a call slot for good."""
+    again, and it must not hold a call slot for good. A restarted spare still queued stays."""
     pool = WarmPool(
         redis_mgr, config.with_changes(orphan_grace_s=1.0), owner="t", min_spares=1, max_spares=1
     )
@@ -150,9 +150,19 @@ async def test_a_restarted_actor_nobody_binds_exits_after_its_grace(
     (name,) = await redis_mgr.spare_names(pool.name)
     handle = await pool.handle(name)
     pid = (await handle.info.remote())["pid"]
-    await redis_mgr.remove_spare(pool.name, name)  # as the drained node left it: unqueued
     os.kill(pid, signal.SIGKILL)
+    await eventually(lambda: _restarted(handle, pid), timeout=60)
+    await asyncio.sleep(2.5)  # past two grace periods: queued, so it stays
+    assert not await _gone(name, config.namespace)
+    await redis_mgr.remove_spare(pool.name, name)  # as a drained node leaves it: unqueued
     await eventually(lambda: _gone(name, config.namespace), timeout=60)
+
+
+async def _restarted(handle: Any, old_pid: int) -> bool:
+    try:
+        return bool((await handle.info.remote())["pid"] != old_pid)
+    except ray.exceptions.RayActorError:
+        return False
 
 
 async def test_consecutive_calls_never_share_a_process(

@@ -64,7 +64,7 @@ class LiveMetrics:
     # Replies (actors/replies.py): time to the model's first token, the caller's final
     # transcript to the reply's first audio, and what the model cost.
     replies: int = 0
-    replies_cut: int = 0  # barge-in: the caller spoke over the reply
+    replies_cut: int = 0  # the caller spoke over the reply (barge-in) or hung up during it
     reply_failures: Counter[str] = field(default_factory=Counter)  # fallback spoken, by reason
     reply_latency: LatencyRecorder = field(default_factory=lambda: LatencyRecorder(256))
     tokens_in: int = 0

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import operator
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
-
-import numpy as np
 
 from actors.acs_media import (
     AudioData,
@@ -27,7 +27,7 @@ from actors.acs_media import (
     parse_message,
     stop_audio,
 )
-from actors.audio_ring import ParticipantRings
+from actors.audio_ring import ParticipantRings, pcm16_samples
 from actors.config import FRAME_MS, CallActorConfig
 from actors.metrics import LiveMetrics, frame_latency_s
 from actors.outbound_audio import OutboundQueue
@@ -41,8 +41,8 @@ BARGE_IN_FRAMES = 3  # consecutive loud frames (60 ms) before playback is stoppe
 
 
 def rms(pcm: bytes) -> float:
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
-    return float(np.sqrt(np.mean(samples * samples))) if samples.size else 0.0
+    samples = pcm16_samples(pcm)
+    return math.sqrt(sum(map(operator.mul, samples, samples)) / len(samples)) if samples else 0.0
 
 
 class MediaPath:

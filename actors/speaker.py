@@ -10,8 +10,6 @@ import hashlib
 import logging
 from typing import Protocol
 
-import numpy as np
-
 from actors.outbound_audio import OutboundQueue
 from storage.errors import StorageError
 
@@ -57,6 +55,8 @@ def synthesize(text: str, voice: str, sample_rate: int) -> bytes:
 
     Deterministic in (text, voice, sample_rate), so cached and fresh audio are identical.
     """
+    import numpy as np  # only the local TTS stand-in needs it; ACS play_media does not
+
     seed = int.from_bytes(hashlib.sha256(voice.encode()).digest()[:2], "big")
     base = 110.0 + seed % 110  # the voice's pitch
     syllable_n = int(SYLLABLE_SECONDS * sample_rate)

@@ -32,7 +32,6 @@ from actors.activation import aactivate, forget_actor
 from actors.config import CallActorConfig
 from actors.stream_protocol import open_stream
 from bench.local_ray import local_ray
-from bench.machine import describe_machine
 from bench.results import Benchmark, BenchOptions, BenchResult, Spread, format_table, spread
 from simulator.devstack.local_redis import (
     LocalRedisServer,
@@ -327,11 +326,10 @@ async def run_archive(
                     runs.append(StoreRun(store, calls, note=note))
             else:
                 runs.append(await run_store(base, store, calls, out, None))
-    return BenchResult(
-        name=NAME,
-        command=f"rtvoice bench {NAME} --calls {calls}",
-        started_at=started_at,
-        machine=describe_machine(),
+    return BenchResult.of_run(
+        NAME,
+        calls,
+        started_at,
         params={
             "calls_per_store": calls,
             "stores": list(stores),

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from actors.capacity import node_call_slots
-from bench.machine import describe_machine
 from bench.results import Benchmark, BenchOptions, BenchResult, format_table
 from simulator import CallerScript, CallReport, Scenario, run_scenario
 from simulator.devstack.local_stack import LocalStack
@@ -93,11 +92,10 @@ async def run(settings: Settings, options: BenchOptions, out: TextIO) -> BenchRe
         finally:
             ticker.cancel()
     outcomes = Outcomes.of(result.calls)
-    return BenchResult(
-        name=NAME,
-        command=f"rtvoice bench {NAME} --calls {calls}",
-        started_at=started_at,
-        machine=describe_machine(),
+    return BenchResult.of_run(
+        NAME,
+        calls,
+        started_at,
         params={
             "calls": calls,
             "arrival_every_s": ARRIVAL_EVERY_S,

@@ -25,7 +25,6 @@ import orjson
 
 from bench.gateway_stack import ExternalAcs, GatewayStack, gateway_stack, load_generator_command
 from bench.local_ray import local_ray
-from bench.machine import describe_machine
 from bench.results import Benchmark, BenchOptions, BenchResult, Spread, format_table, spread
 from gateway.metrics import GatewayMetrics
 from simulator import CallerScript, CallReport, Scenario, ScriptLine
@@ -468,11 +467,10 @@ async def run_call_setup(
             await run_mode(settings, mode, calls, out, warm_timeout=warm_timeout)
             for mode in modes
         ]
-    return BenchResult(
-        name=NAME,
-        command=f"rtvoice bench {NAME} --calls {calls}",
-        started_at=started_at,
-        machine=describe_machine(),
+    return BenchResult.of_run(
+        NAME,
+        calls,
+        started_at,
         params={
             "calls": calls,
             "modes": [m.name for m in modes],

@@ -24,7 +24,6 @@ from typing import Any, TextIO
 
 import redis.asyncio as aioredis
 
-from bench.machine import describe_machine
 from bench.results import Benchmark, BenchOptions, BenchResult, Spread, format_table, spread
 from simulator.devstack.local_redis import LocalRedisServer
 from storage.conversation import ConversationManager
@@ -253,11 +252,10 @@ async def run_checkpoint(
             await client.aclose()
     spreads = samples.spreads()
     verdict = Verdict.of(spreads["checkpoint"], spreads["set_same_load"])
-    return BenchResult(
-        name=NAME,
-        command=f"rtvoice bench {NAME} --calls {calls}",
-        started_at=started_at,
-        machine=describe_machine(),
+    return BenchResult.of_run(
+        NAME,
+        calls,
+        started_at,
         params={
             "calls": calls,
             "duration_s": duration_s,

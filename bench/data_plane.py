@@ -625,10 +625,10 @@ async def run_data_plane(
     machine = describe_machine()
     cores = int(machine.get("usable_cores") or machine.get("cores") or 1)
     ok = not run.note and run.answered == calls and run.archived == calls
-    return BenchResult(
-        name=NAME,
-        command=f"rtvoice bench {NAME} --calls {calls}",
-        started_at=started_at,
+    return BenchResult.of_run(
+        NAME,
+        calls,
+        started_at,
         machine=machine,
         params={
             "calls": calls,

@@ -30,7 +30,6 @@ from actors.config import CallActorConfig
 from actors.stream_protocol import StreamConnection, open_stream
 from bench.bare_actor import BareActor
 from bench.local_ray import local_ray
-from bench.machine import describe_machine
 from bench.proc_stats import cpu_percent, private_kib, proc_cpu_s
 from bench.results import Benchmark, BenchOptions, BenchResult, format_table
 from simulator.devstack.local_redis import LocalRedisServer
@@ -247,11 +246,10 @@ async def run_density(
         all(r.uss_mib is not None and r.cpu_percent is not None for r in readings)
         and len(readings) == 2 * calls
     )
-    return BenchResult(
-        name=NAME,
-        command=f"rtvoice bench {NAME} --calls {calls}",
-        started_at=started_at,
-        machine=describe_machine(),
+    return BenchResult.of_run(
+        NAME,
+        calls,
+        started_at,
         params={"calls": calls, "window_s": window_s, "settle_s": settle_s, "call_slots": slots},
         definitions=DEFINITIONS,
         runs=[

@@ -44,7 +44,6 @@ from actors.sentences import SentenceSplitter
 from actors.speaker import synthesize
 from actors.stream_protocol import FrameKind, StreamConnection, open_stream
 from bench.local_ray import local_ray
-from bench.machine import describe_machine
 from bench.results import Benchmark, BenchOptions, BenchResult, Spread, format_table, spread
 from simulator.devstack.local_redis import (
     LocalRedisServer,
@@ -404,11 +403,10 @@ async def run_reply_latency(
     measured = Measured(calls, turns, runs, lag)
     if (latency := measured.spreads()["latency"]) is not None:
         out.write(f"  {latency.n} replies measured, p50 {latency.p50:.1f} ms\n")
-    return BenchResult(
-        name=NAME,
-        command=f"rtvoice bench {NAME} --calls {calls}",
-        started_at=started_at,
-        machine=describe_machine(),
+    return BenchResult.of_run(
+        NAME,
+        calls,
+        started_at,
         params={
             "calls": calls,
             "turns_per_call": turns,

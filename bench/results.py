@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from bench.machine import describe_machine
 from storage.latency import percentile
 from storage.settings import Settings
 
@@ -38,6 +39,33 @@ class BenchResult:
     runs: list[dict[str, Any]] = field(default_factory=list)
     table: str = ""
     ok: bool = True  # every run measured what it set out to
+
+    @classmethod
+    def of_run(
+        cls,
+        name: str,
+        calls: int,
+        started_at: datetime,
+        *,
+        params: dict[str, Any],
+        definitions: dict[str, str],
+        runs: list[dict[str, Any]],
+        table: str,
+        ok: bool,
+        machine: dict[str, Any] | None = None,
+    ) -> BenchResult:
+        """A run of ``rtvoice bench <name> --calls <calls>`` on this machine."""
+        return cls(
+            name=name,
+            command=f"rtvoice bench {name} --calls {calls}",
+            started_at=started_at,
+            machine=machine if machine is not None else describe_machine(),
+            params=params,
+            definitions=definitions,
+            runs=runs,
+            table=table,
+            ok=ok,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -34,6 +34,16 @@ def redis_url(redis_server: LocalRedisServer) -> str:
 
 
 @pytest.fixture
+def stack_base(redis_url: str, ray_cluster: dict[str, Any]) -> Settings:
+    """Settings for a LocalStack on the tests' Ray and Redis, with keys of its own."""
+    return Settings(
+        ray_namespace=str(ray_cluster["namespace"]),
+        redis_url=redis_url,
+        environment=f"s{uuid.uuid4().hex[:10]}",
+    )
+
+
+@pytest.fixture
 def key_manager() -> RedisKeyManager:
     """A key manager with a unique environment per test, so tests never share keys."""
     return RedisKeyManager(app_prefix="rtvoice", environment=f"t{uuid.uuid4().hex[:10]}")

@@ -5,8 +5,6 @@ up), end to end with LocalStack and the ACS stand-in."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,7 +15,6 @@ from starlette import status
 from actors.activation import get_call_actor
 from gateway.admission import Admission
 from simulator import CallerScript, ScriptLine
-from simulator.devstack.local_redis import LocalRedisServer
 from simulator.devstack.local_stack import LocalStack
 from storage.errors import RedisUnavailableError
 from storage.settings import Settings
@@ -118,19 +115,9 @@ ANSWERED = "rtvoice_gateway_calls_answered_total"
 
 
 @pytest.fixture
-def stack_settings(
-    ray_cluster: dict[str, Any], redis_server: LocalRedisServer
-) -> Iterator[Settings]:
-    if not redis_server.running:  # a fault test elsewhere may have stopped it
-        redis_server.start()
-    namespace = str(ray_cluster["namespace"])
-    yield Settings(
-        ray_namespace=namespace,
-        redis_url=redis_server.url,
-        environment=f"adm{uuid.uuid4().hex[:8]}",
-        pool_min_spares=0,  # no warm pool: these calls must not depend on one
-        pool_max_spares=0,
-    )
+def stack_settings(stack_base: Settings) -> Settings:
+    # No warm pool: these calls must not depend on one.
+    return stack_base.replace(pool_min_spares=0, pool_max_spares=0)
 
 
 @pytest.mark.slow  # local Ray

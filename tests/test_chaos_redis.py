@@ -6,8 +6,6 @@ served whole: each caller hears the reply, and every line is archived.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from typing import Any
 
 import pytest
 import ray
@@ -37,16 +35,10 @@ NEW_CALLS = 2
 
 
 async def test_calls_arriving_while_redis_is_down_are_answered(
-    redis_server: LocalRedisServer, ray_cluster: dict[str, Any]
+    redis_server: LocalRedisServer, stack_base: Settings
 ) -> None:
-    if not redis_server.running:
-        redis_server.start()
-    namespace = str(ray_cluster["namespace"])
-    base = Settings(
-        ray_namespace=namespace,
-        redis_url=redis_server.url,
-        environment=f"chaos{uuid.uuid4().hex[:8]}",
-    )
+    base = stack_base
+    namespace = base.actors.ray_namespace
     ongoing_lines = ["before redis stops", "while redis is down", "after redis is back"]
     ongoing = caller("+14255550700", 4, ongoing_lines, pause_s=OUTAGE_S / 2)
     newcomers = [

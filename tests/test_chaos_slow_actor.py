@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import uuid
 from typing import Any
 
 import pytest
@@ -17,7 +16,6 @@ import ray
 
 from actors.activation import get_call_actor
 from simulator import Scenario, run_scenario
-from simulator.devstack.local_redis import LocalRedisServer
 from simulator.devstack.local_stack import LocalStack
 from storage.settings import Settings
 from tests.chaos import LIVE_TIMEOUT_S, archived_transcript, caller, live_call_id, user_turns_heard
@@ -36,16 +34,10 @@ async def frames_in(handle: Any) -> int:
 
 
 async def test_a_slow_actor_delays_no_other_call_and_its_backlog_is_bounded(
-    redis_server: LocalRedisServer, ray_cluster: dict[str, Any]
+    stack_base: Settings,
 ) -> None:
-    if not redis_server.running:
-        redis_server.start()
-    namespace = str(ray_cluster["namespace"])
-    base = Settings(
-        ray_namespace=namespace,
-        redis_url=redis_server.url,
-        environment=f"slow{uuid.uuid4().hex[:8]}",
-    )
+    base = stack_base
+    namespace = base.actors.ray_namespace
     lines = ["the first thing I say", "the second thing I say", "the third thing I say"]
     scripts = [caller(f"+1425555090{i}", 5 + 4 * i, lines, pause_s=STOPPED_S / 2) for i in range(3)]
     call_ids: list[str] = []

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
 
 import httpx
 import pytest
 
 from gateway.admission import Admission
 from gateway.drain import Progress, drain_replica, wait_drained
-from simulator.devstack.local_redis import LocalRedisServer
 from simulator.devstack.local_stack import LocalStack
 from simulator.script import CallerScript, ScriptLine
 from storage.redis_manager import AsyncAzureRedisManager
@@ -65,17 +63,9 @@ async def test_the_wait_gives_up_at_the_timeout() -> None:
 
 @pytest.mark.slow  # local Ray
 async def test_a_drained_replica_rejects_calls_busy_and_says_so_in_readyz(
-    ray_cluster: dict[str, Any], redis_server: LocalRedisServer
+    stack_base: Settings,
 ) -> None:
-    if not redis_server.running:  # a fault test elsewhere may have stopped it
-        redis_server.start()
-    base = Settings(
-        ray_namespace=str(ray_cluster["namespace"]),
-        redis_url=redis_server.url,
-        environment=f"drn{uuid.uuid4().hex[:8]}",
-        pool_min_spares=0,
-        pool_max_spares=0,
-    )
+    base = stack_base.replace(pool_min_spares=0, pool_max_spares=0)
     async with LocalStack(base=base) as stack:
         assert stack.acs is not None and stack.redis is not None
         await stack.redis.set_draining("gw-0", ttl_s=60)  # `rtvoice drain --replica gw-0`

@@ -123,18 +123,19 @@ def load_generator_command(
 ) -> list[str]:
     """The stand-in placing ``calls`` callers who talk for ``talk_s`` (or as ``scenario`` says,
     a Scenario JSON file), writing its report to ``report``."""
-    callers = ["--scenario", str(scenario)] if scenario else ["--duration", str(talk_s)]
+    # "--flag=value": a secret may begin with "-", which argparse would take for a flag.
+    callers = [f"--scenario={scenario}"] if scenario else [f"--duration={talk_s}"]
     return [
         sys.executable, "-m", "simulator.cli", "simulate",
-        "--gateway", gateway_url,
-        "--port", str(acs.port),
-        "--access-key", acs.access_key,
-        "--audience", acs.audience,
-        "--event-grid-secret", acs.event_grid_secret,
-        "--calls", str(calls),
+        f"--gateway={gateway_url}",
+        f"--port={acs.port}",
+        f"--access-key={acs.access_key}",
+        f"--audience={acs.audience}",
+        f"--event-grid-secret={acs.event_grid_secret}",
+        f"--calls={calls}",
         *callers,
-        "--stagger", "0.05",
-        "--answer-timeout", "30",
-        "--json", str(report),
+        "--stagger=0.05",
+        "--answer-timeout=30",
+        f"--json={report}",
         "--no-progress",
     ]  # fmt: skip

@@ -23,6 +23,7 @@ from bench.call_setup import (
     wait_for_spares,
 )
 from bench.frame_floor import measure_floor
+from bench.gateway_stack import ExternalAcs, load_generator_command
 from bench.machine import describe_machine, machine_line
 from bench.proc_stats import cpu_percent
 from bench.registry import ALL, BENCHMARKS, load, selected
@@ -30,6 +31,7 @@ from bench.results import BenchOptions, BenchResult, format_table, spread
 from bench.runner import json_path, report
 from gateway.cli import build_parser
 from simulator import CallReport
+from simulator.cli import main as simulator_main
 from storage.settings import Settings
 
 
@@ -121,6 +123,21 @@ def test_a_load_generators_report_reads_back_for_the_set_up_records() -> None:
     back = CallReport.from_summary(orjson.loads(orjson.dumps(report.summary())))
     assert (back.index, back.call_connection_id, back.answered) == (3, "call-x", True)
     assert (back.time_to_connected_s, back.frames_sent) == (0.25, 9)
+
+
+def test_the_load_generator_reads_secrets_that_begin_with_a_dash(tmp_path: Path) -> None:
+    # token_urlsafe secrets begin with "-" one time in 64; argparse took such a value for a flag.
+    acs = ExternalAcs(port=1, access_key="-key", audience="-aud", event_grid_secret="-secret")
+    argv = load_generator_command(acs, "http://127.0.0.1:9", 1, tmp_path / "r.json")
+    parsed: dict[str, object] = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("simulator.cli.run_simulate", lambda args: parsed.update(vars(args)) or 0)
+        assert simulator_main(argv[3:]) == 0
+    assert (parsed["access_key"], parsed["audience"], parsed["event_grid_secret"]) == (
+        "-key",
+        "-aud",
+        "-secret",
+    )
 
 
 def test_every_registered_benchmark_loads_and_all_selects_them() -> None:

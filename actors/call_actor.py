@@ -198,9 +198,10 @@ class CallActor:
         redis, archive = self._connect_storage()  # a spare connected them in prewarm
         self._archiver = Archiver(archive, redis, spool_path=process_spool_path(cfg.storage))
         try:
-            stored = await redis.load_call_session(self.call_id)
-            cm = await ConversationManager.from_redis(self.call_id, redis)
-            await cm.claim_epoch()
+            stored, cm = await asyncio.gather(  # two round trips at once: set-up waits on them
+                redis.load_call_session(self.call_id),
+                ConversationManager.claimed(self.call_id, redis),
+            )
         except RedisUnavailableError:
             if not incoming:  # a restart: what it must reload is in Redis
                 raise

@@ -103,6 +103,20 @@ class ConversationManager:
             snapshot = await redis_mgr.migrate_legacy(session_id)
         return cls(session_id, redis_mgr, snapshot)
 
+    @classmethod
+    async def claimed(
+        cls, session_id: str, redis_mgr: AsyncAzureRedisManager
+    ) -> ConversationManager:
+        """``from_redis`` then ``claim_epoch`` in one round trip (a legacy hash to migrate adds
+        its own): how a call's actor takes its conversation, on the caller's set-up path."""
+        claim = await redis_mgr.claim_conversation(session_id)
+        snapshot = claim.snapshot
+        if snapshot is None and claim.legacy:
+            snapshot = await redis_mgr.migrate_legacy(session_id)
+        cm = cls(session_id, redis_mgr, snapshot)
+        cm.epoch = claim.epoch
+        return cm
+
     def __repr__(self) -> str:
         return (
             f"ConversationManager({self.session_id}, epoch={self.epoch}, "

@@ -77,6 +77,36 @@ class ConversationSnapshot:
     schema_version: int
 
 
+@dataclass
+class ClaimedConversation:
+    snapshot: ConversationSnapshot | None  # as it was before the claim (None: nothing stored)
+    epoch: int  # the epoch claimed
+    legacy: bool  # a legacy ``session:{id}`` hash exists
+
+
+def _snapshot(raw_ctx: Any, raw_turns: list[Any], raw_epoch: Any) -> ConversationSnapshot | None:
+    """Parse a conversation read (context document, history list, epoch); None if empty."""
+    if raw_ctx is None and not raw_turns and raw_epoch is None:
+        return None
+    doc = load_dict(raw_ctx, "conversation context") or {
+        "schema_version": SCHEMA_VERSION,
+        "context": {},
+    }
+    version = doc.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise SerializationError(f"unsupported conversation schema_version {version!r}")
+    context = doc.get("context")
+    if not isinstance(context, dict):
+        raise SerializationError("conversation context document has no 'context' object")
+    turns = []
+    for seq, raw in enumerate(raw_turns, start=1):
+        turn = load_dict(raw, "conversation turn")
+        assert turn is not None
+        turn["seq"] = seq
+        turns.append(turn)
+    return ConversationSnapshot(context, turns, int(raw_epoch or 0), version)
+
+
 # --- the legacy layout ----------------------------------------------------------------------
 
 
@@ -153,32 +183,16 @@ class ConversationStore(RedisConnection):
         async with self._op("context_ttls"):
             return [int(ttl) for ttl in await pipe.execute()]
 
-    async def _read_conversation(self, conversation_id: str) -> ConversationSnapshot | None:
+    def _queue_read(self, pipe: Any, conversation_id: str) -> None:
         ctx_key, hist_key, epoch_key = self._conv_keys(conversation_id)
-        pipe = self._client.pipeline(transaction=False)
         pipe.get(ctx_key)
         pipe.lrange(hist_key, 0, -1)
         pipe.get(epoch_key)
-        raw_ctx, raw_turns, raw_epoch = await pipe.execute()
-        if raw_ctx is None and not raw_turns and raw_epoch is None:
-            return None
-        doc = load_dict(raw_ctx, "conversation context") or {
-            "schema_version": SCHEMA_VERSION,
-            "context": {},
-        }
-        version = doc.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise SerializationError(f"unsupported conversation schema_version {version!r}")
-        context = doc.get("context")
-        if not isinstance(context, dict):
-            raise SerializationError("conversation context document has no 'context' object")
-        turns = []
-        for seq, raw in enumerate(raw_turns, start=1):
-            turn = load_dict(raw, "conversation turn")
-            assert turn is not None
-            turn["seq"] = seq
-            turns.append(turn)
-        return ConversationSnapshot(context, turns, int(raw_epoch or 0), version)
+
+    async def _read_conversation(self, conversation_id: str) -> ConversationSnapshot | None:
+        pipe = self._client.pipeline(transaction=False)
+        self._queue_read(pipe, conversation_id)
+        return _snapshot(*await pipe.execute())
 
     async def load_conversation(self, conversation_id: str) -> ConversationSnapshot | None:
         validate_identifier(conversation_id, "conversation id")
@@ -193,6 +207,21 @@ class ConversationStore(RedisConnection):
             pipe.expire(key, _HISTORY_TTL)
             epoch, _ = await pipe.execute()
         return int(epoch)
+
+    async def claim_conversation(self, conversation_id: str) -> ClaimedConversation:
+        """What a conversation's new writer does first, in one round trip: read the snapshot,
+        claim the next epoch, and learn whether a legacy hash waits to be migrated."""
+        validate_identifier(conversation_id, "conversation id")
+        epoch_key = self._conv_keys(conversation_id)[2]
+        pipe = self._client.pipeline(transaction=False)
+        self._queue_read(pipe, conversation_id)  # the epoch read comes before the claim
+        pipe.incr(epoch_key)
+        pipe.expire(epoch_key, _HISTORY_TTL)
+        pipe.exists(self.keys.legacy_session_key(conversation_id))
+        async with self._op("claim_conversation"):
+            raw_ctx, raw_turns, raw_epoch, epoch, _, legacy = await pipe.execute()
+        snapshot = _snapshot(raw_ctx, raw_turns, raw_epoch)
+        return ClaimedConversation(snapshot, int(epoch), bool(legacy))
 
     async def current_epoch(self, conversation_id: str) -> int:
         key = self._conv_keys(conversation_id)[2]

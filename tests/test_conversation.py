@@ -117,6 +117,32 @@ async def test_zombie_writer_is_fenced_and_keeps_pending(
     assert snap.context == {}
 
 
+async def test_claimed_loads_and_claims_the_next_epoch_in_one_step(
+    redis_mgr: AsyncAzureRedisManager, mgr2: AsyncAzureRedisManager, admin: aioredis.Redis
+) -> None:
+    conv = sid()
+    first = await ConversationManager.claimed(conv, redis_mgr)
+    assert (dict(first.context), first.history, first.epoch) == ({}, [], 1)
+    await first.update_context({"caller": "Ann"})
+    await first.append_to_history("user", "before restart")
+    await first.persist()
+
+    second = await ConversationManager.claimed(conv, mgr2)  # a restarted actor
+    assert (second.context, second.epoch) == ({"caller": "Ann"}, 2)
+    assert [t.text for t in second.history] == ["before restart"]
+    await first.append_to_history("user", "zombie")
+    with pytest.raises(StaleEpochError):
+        await first.persist()
+
+    legacy_conv = sid()  # a legacy hash is migrated, as from_redis does
+    await admin.hset(
+        RedisKeyManager.legacy_session_key(legacy_conv),
+        mapping={"corememory": orjson.dumps({"customer": "Bo"}), "chat_history": "[]"},
+    )
+    migrated = await ConversationManager.claimed(legacy_conv, redis_mgr)
+    assert (migrated.context, migrated.epoch) == ({"customer": "Bo"}, 1)
+
+
 async def test_two_managers_appending_concurrently_lose_no_turn(
     redis_mgr: AsyncAzureRedisManager, mgr2: AsyncAzureRedisManager
 ) -> None:

@@ -13,6 +13,7 @@ metrics). Only ``run_mode`` starts anything; the records, summary and table are 
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -23,9 +24,12 @@ from typing import Any, TextIO
 
 import orjson
 
+from actors.pool import LIVE_TASK_PREFIX
 from bench.gateway_stack import ExternalAcs, GatewayStack, gateway_stack, load_generator_command
 from bench.local_ray import local_ray
+from bench.proc_stats import all_cpu_s, command_line
 from bench.results import Benchmark, BenchOptions, BenchResult, Spread, format_table, spread
+from gateway.app import Gateway
 from gateway.metrics import GatewayMetrics
 from simulator import CallerScript, CallReport, Scenario, ScriptLine
 from storage.archive import ArchiveStore, open_archive
@@ -35,6 +39,8 @@ NAME = "call_setup"
 DEFAULT_CALLS = 20
 PROGRESS_EVERY_S = 2.0
 ARCHIVE_WAIT_S = 30.0  # actors archive after their call ends
+BURST_POLL_S = 0.005  # how often the CPU watcher looks for the burst's start and end
+BURST_TIMEOUT_S = 60.0
 CALLER_LINE = "Hello, I am calling about my order."
 
 # How "actor ready" was measured for a call (CallSetup.ready_source).
@@ -58,7 +64,19 @@ DEFINITIONS = {
         "(the actor's backlog_frames, from the archived transcript's metrics)"
     ),
     "held_wait_ms": "the longest of those waits, per call (the actor's backlog_wait_ms_max)",
+    "burst_cpu": (
+        "CPU (utime + stime from /proc) of every process on the machine from the first "
+        "IncomingCall to the last call's actor ready, by group, divided by the calls; "
+        "cores_busy is that CPU over the window's length (a burst that keeps every core busy "
+        "sets up no faster than its CPU divided by the cores)"
+    ),
 }
+
+# Who spent a burst's CPU (BurstCpu.cpu_s).
+GATEWAY = "gateway"
+CALL_ACTORS = "call actors"
+STAND_IN = "ACS stand-in and callers"
+OTHER = "Ray, Redis, other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +118,56 @@ def burst_scenario(calls: int) -> Scenario:
         for i in range(calls)
     ]
     return Scenario(calls=calls, callers=callers, stagger_s=0.0, validate_subscription=False)
+
+
+def process_group(pid: int, gateway_pid: int, command: str) -> str:
+    if pid == gateway_pid:
+        return GATEWAY
+    # Ray titles a worker's process by what it runs: the actor class, one of its methods, or
+    # the task named for a call while the call lives (actors/pool.py live_task_name).
+    if command.startswith(("ray::CallActor", f"ray::{LIVE_TASK_PREFIX}")):
+        return CALL_ACTORS
+    if "simulator.cli" in command:
+        return STAND_IN
+    return OTHER
+
+
+@dataclass(slots=True)
+class BurstCpu:
+    """The CPU every process spent while a burst was set up, by group."""
+
+    seconds: float  # first IncomingCall -> last call's actor ready
+    cpu_s: dict[str, float]
+
+    @classmethod
+    def between(
+        cls,
+        before: dict[int, float],
+        after: dict[int, float],
+        seconds: float,
+        gateway_pid: int,
+        command: Callable[[int], str] = command_line,
+    ) -> BurstCpu:
+        """From two ``all_cpu_s`` readings; a process started in between counts whole."""
+        cpu_s = dict.fromkeys((GATEWAY, CALL_ACTORS, STAND_IN, OTHER), 0.0)
+        for pid, now in after.items():
+            if (spent := now - before.get(pid, 0.0)) > 0:
+                cpu_s[process_group(pid, gateway_pid, command(pid))] += spent
+        return cls(seconds, cpu_s)
+
+    @property
+    def cores_busy(self) -> float:
+        return sum(self.cpu_s.values()) / self.seconds if self.seconds > 0 else 0.0
+
+    def per_call_ms(self, calls: int) -> dict[str, float]:
+        return {group: 1000.0 * cpu / calls for group, cpu in self.cpu_s.items()}
+
+    def to_json(self, calls: int) -> dict[str, Any]:
+        return {
+            "window_s": round(self.seconds, 3),
+            "cores_busy": round(self.cores_busy, 2),
+            "per_call_ms": {k: round(v, 1) for k, v in self.per_call_ms(calls).items()},
+        }
 
 
 @dataclass(slots=True)
@@ -185,6 +253,7 @@ class ModeResult:
     spares: int | None = None  # spares in the pool when the calls were placed (warm runs)
     warm_s: float | None = None  # how long the pool took to hold them
     cold_starts: int | None = None  # calls the gateway's pool gave a cold actor (if it counts)
+    burst_cpu: BurstCpu | None = None
     wall_s: float = 0.0
 
     @property
@@ -247,6 +316,7 @@ class ModeResult:
             "held_frames_total": sum(s.held_frames or 0 for s in self.setups),
             "calls_held_throughout": sum(s.held_throughout for s in self.setups),
             "ready_sources": self.ready_sources(),
+            "burst_cpu": None if self.burst_cpu is None else self.burst_cpu.to_json(self.calls),
             "wall_s": round(self.wall_s, 3),
             "summary": {
                 name: None if value is None else value.to_json()
@@ -275,6 +345,15 @@ def table(results: list[ModeResult], calls: int) -> str:
     rows.append(["frames held, all calls"])
     for r in results:
         rows[-1].append("-" if r.note else f"{sum(s.held_frames or 0 for s in r.setups):,}")
+    rows.append(["burst: length (s), cores busy"])
+    for r in results:
+        cpu = r.burst_cpu
+        rows[-1].append("-" if cpu is None else f"{cpu.seconds:.2f}, {cpu.cores_busy:.2f}")
+    for group in (GATEWAY, CALL_ACTORS, STAND_IN, OTHER):
+        rows.append([f"burst CPU per call (ms): {group}"])
+        for r in results:
+            cpu = r.burst_cpu
+            rows[-1].append("-" if cpu is None else f"{cpu.per_call_ms(r.calls)[group]:.1f}")
     lines = [format_table(header, rows)]
     for r in results:
         if over := sum(s.held_throughout for s in r.setups):
@@ -351,6 +430,17 @@ async def _progress(out: TextIO, mode: Mode, metrics: GatewayMetrics, calls: int
         )
 
 
+async def _watch_burst_cpu(gw: Gateway, calls: int) -> BurstCpu:
+    """The machine's CPU from the gateway's first IncomingCall to its ``calls``-th set-up."""
+    while not gw.answered:
+        await asyncio.sleep(BURST_POLL_S)
+    before, started = all_cpu_s(), time.monotonic()
+    while len(gw.metrics.recent_setups) < calls and time.monotonic() - started < BURST_TIMEOUT_S:
+        await asyncio.sleep(BURST_POLL_S)
+    seconds = time.monotonic() - started
+    return BurstCpu.between(before, all_cpu_s(), seconds, os.getpid())
+
+
 async def _place_calls(
     stack: GatewayStack, acs: ExternalAcs, calls: int, workdir: Path
 ) -> tuple[list[CallReport], str]:
@@ -415,10 +505,15 @@ async def run_mode(
         metrics = stack.gateway.metrics
         _say(out, f"  placing {calls} calls at once (the stand-in in a subprocess)")
         ticker = asyncio.create_task(_progress(out, mode, metrics, calls))
+        watcher = asyncio.create_task(_watch_burst_cpu(stack.gateway, calls))
         try:
             reports, err = await _place_calls(stack, acs, calls, workdir)
         finally:
             ticker.cancel()
+            if not watcher.done():  # some call never got its actor: no burst to account
+                watcher.cancel()
+        if not watcher.cancelled():
+            result.burst_cpu = watcher.result()
         if not reports:
             result.note = f"no load-generator report: {err}"
             _say(out, f"  {result.note}")

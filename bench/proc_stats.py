@@ -35,3 +35,21 @@ def private_kib(pid: int) -> int | None:
     except OSError:
         return None
     return sum(int(line.split()[1]) for line in text.splitlines() if line.startswith("Private_"))
+
+
+def all_cpu_s() -> dict[int, float]:
+    """``proc_cpu_s`` of every process now (pid -> seconds); those gone meanwhile are left out."""
+    readings = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (seconds := proc_cpu_s(int(entry.name))) is not None:
+            readings[int(entry.name)] = seconds
+    return readings
+
+
+def command_line(pid: int) -> str:
+    """The process's title and arguments, space-separated ("" when gone). Ray names a worker's
+    process by its actor class (``ray::CallActor``)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""

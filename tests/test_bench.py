@@ -13,10 +13,15 @@ import pytest
 from bench import arrivals, call_setup, data_plane
 from bench.arrivals import Outcomes
 from bench.call_setup import (
+    CALL_ACTORS,
     COLD,
+    GATEWAY,
+    OTHER,
     READY_ACTIVATION,
     READY_FIRST_FRAME,
+    STAND_IN,
     WARM_POOL,
+    BurstCpu,
     CallSetup,
     ModeResult,
     run_call_setup,
@@ -73,6 +78,25 @@ def test_actor_ready_is_the_activation_else_the_first_frame_estimate() -> None:
 
     over = CallSetup.build(_report(4, frames=100), 9.0, _transcript(100, 8000.0))
     assert over.held_throughout and not activated.held_throughout
+
+
+def test_a_bursts_cpu_is_split_by_process_group_per_call() -> None:
+    commands = {
+        1: "rtvoice bench call_setup",
+        2: "ray::CallActor",
+        3: "ray::call:c1",  # a bound actor, titled by its call's live task
+        4: "python -m simulator.cli simulate --calls=2",
+        5: "/usr/bin/redis-server 127.0.0.1:6379",
+        6: "ray::IDLE",
+    }
+    before = {1: 10.0, 2: 1.0, 3: 1.0, 4: 2.0, 5: 0.5}
+    after = {1: 10.03, 2: 1.01, 4: 2.02, 5: 0.5, 6: 0.004}  # 3 exited, 6 started meanwhile
+    cpu = BurstCpu.between(before, after, 0.05, gateway_pid=1, command=commands.get)  # type: ignore[arg-type]
+    per_call = cpu.per_call_ms(2)
+    assert round(per_call[GATEWAY], 3) == 15.0 and round(per_call[CALL_ACTORS], 3) == 5.0
+    assert round(per_call[STAND_IN], 3) == 10.0 and round(per_call[OTHER], 3) == 2.0
+    assert round(cpu.cores_busy, 2) == 1.28
+    assert cpu.to_json(2)["per_call_ms"][GATEWAY] == 15.0
 
 
 def test_table_shows_each_run_and_a_pool_that_did_not_warm() -> None:

@@ -23,6 +23,10 @@ BENCHMARKS: dict[str, str] = {
         "served whole or rejected busy at once, none answered and then dropped"
     ),
     "data_plane": "N calls streaming at real time: gateway and actor CPU, latency, loss, baselines",
+    "data_plane_max": (
+        "the largest number of calls (stepping up to N) streaming with no loss and frame "
+        "latency p99 under 20 ms"
+    ),
     "checkpoint": "checkpoint latency with N calls checkpointing at once, against one Redis SET",
     "density": "private memory and idle CPU per live call actor, against a bare Ray actor",
     "archive": "CallDisconnected to transcript readable, embedded SQLite and the Cosmos emulator",

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench import arrivals, call_setup, data_plane
+from bench import arrivals, call_setup, data_plane, data_plane_max
 from bench.arrivals import Outcomes
 from bench.call_setup import (
     CALL_ACTORS,
@@ -370,6 +370,51 @@ async def test_data_plane_smoke_run(ray_cluster: dict[str, object]) -> None:
     assert doc["ray_call_per_frame"]["saturated_rate"] > 0
     assert doc["raw_loopback_socket"]["saturated_rate"] > 0
     assert "Ray call per frame" in result.table
+
+
+def _plane_run(calls: int, worst_p99_ms: float, lost: int = 0) -> data_plane.DataPlaneRun:
+    run = data_plane.DataPlaneRun(
+        calls=calls, talk_s=8.0, window_s=10.0, streaming=calls, answered=calls, archived=calls
+    )
+    run.gateway_cpu_pct = 1.0 * calls
+    run.per_call = [
+        data_plane.CallMeasure(f"c{i}", i, 2.0, 500, frames_sent=600, frames_in=600,
+                               latency_p50_ms=1.0, latency_p99_ms=worst_p99_ms)
+        for i in range(calls)
+    ]  # fmt: skip
+    run.per_call[-1].frames_in = 600 - lost
+    return run
+
+
+def test_data_plane_max_steps_up_and_keeps_the_largest_count_that_holds() -> None:
+    assert data_plane_max.steps(40) == [10, 20, 30, 40]
+    assert data_plane_max.steps(2) == [1, 2] and data_plane_max.steps(1) == [1]
+    assert data_plane_max.steps(6) == [2, 4, 6]
+    with pytest.raises(ValueError):
+        data_plane_max.steps(0)
+
+    held = data_plane_max.Step(_plane_run(10, 12.0))
+    slow = data_plane_max.Step(_plane_run(20, 25.0))
+    lossy = data_plane_max.Step(_plane_run(20, 12.0, lost=1))
+    cut_short = data_plane_max.Step(_plane_run(20, 12.0))
+    cut_short.run.streaming, cut_short.run.note = 19, "1 calls not streaming through the window"
+    assert held.holds and not slow.holds and not lossy.holds and not cut_short.holds
+    assert data_plane_max.largest_holding([held, slow]) == 10
+    assert data_plane_max.largest_holding([slow]) is None
+    text = data_plane_max.table([held, cut_short])
+    assert "largest number of calls that holds: 10" in text and "no: 1 calls not" in text
+
+
+@pytest.mark.slow  # local Ray, real-time calls, a subprocess load generator per step
+async def test_data_plane_max_smoke_run(ray_cluster: dict[str, object]) -> None:
+    out = io.StringIO()
+    settings = Settings(ray_namespace=str(ray_cluster["namespace"]))
+    result = await data_plane_max.run_data_plane_max(settings, 2, out, talk_s=5.0, window_s=1.0)
+    assert result.ok, out.getvalue() + result.table
+    doc = result.runs[0]
+    assert [step["calls"] for step in doc["steps"]][:1] == [1]
+    assert doc["steps"][0]["data_plane"]["frames_sent"] > 0
+    assert "largest number of calls" in result.table or "no step held" in result.table
 
 
 def test_reply_latency_table_subtracts_the_models_time() -> None:

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 from actors.outbound_audio import OutboundQueue
 from actors.speaker import MAX_SPOKEN_CHARS, PcmSpeaker, spoken_text, synthesize
 from storage.keys import RedisKeyManager
@@ -12,6 +15,16 @@ def test_synthesize_is_deterministic_speech_like_pcm() -> None:
     assert len(a) % 2 == 0 and len(a) > 16000  # roughly half a second or more
     assert len(synthesize("hello there", "v", 24000)) > len(synthesize("hello there", "v", 16000))
     assert synthesize("   ", "v", 16000) == b""
+
+
+def test_synthesizing_a_reply_imports_no_numpy() -> None:
+    # Each call actor would pay numpy's import (0.13 s of CPU) on its first reply: 50 demo
+    # calls replying at once stalled every call's audio for seconds.
+    code = (
+        "import sys; from actors.speaker import synthesize; synthesize('hello there', 'v', 16000);"
+        "sys.exit('numpy' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 async def test_pcm_speaker_uses_the_shared_tts_cache(redis_mgr: AsyncAzureRedisManager) -> None:

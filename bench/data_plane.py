@@ -594,6 +594,16 @@ def targets(run: DataPlaneRun, ray_b: Baseline, sock_b: Baseline, cores: int) ->
     }
 
 
+def talk_and_window(
+    calls: int, talk_s: float | None, window_s: float | None
+) -> tuple[float, float]:
+    """How long each caller talks and the steady window: as given, else shorter for a smoke
+    run of a few calls."""
+    small = calls < 5
+    talk = talk_s if talk_s is not None else (SMALL_TALK_S if small else TALK_S)
+    return talk, window_s if window_s is not None else (SMALL_WINDOW_S if small else WINDOW_S)
+
+
 async def run_data_plane(
     settings: Settings,
     calls: int,
@@ -605,8 +615,7 @@ async def run_data_plane(
     if calls < 1:
         raise ValueError("data_plane needs at least one call")
     small = calls < 5
-    talk = talk_s if talk_s is not None else (SMALL_TALK_S if small else TALK_S)
-    window = window_s if window_s is not None else (SMALL_WINDOW_S if small else WINDOW_S)
+    talk, window = talk_and_window(calls, talk_s, window_s)
     ray_s = 1.0 if small else RAY_BASELINE_S
     ray_n = 500 if small else RAY_SATURATE_FRAMES
     sock_n = 10_000 if small else SOCKET_SATURATE_FRAMES

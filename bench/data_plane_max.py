@@ -14,14 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from bench.data_plane import (
-    SMALL_TALK_S,
-    SMALL_WINDOW_S,
-    TALK_S,
-    WINDOW_S,
-    DataPlaneRun,
-    measure_data_plane,
-)
+from bench.data_plane import DataPlaneRun, measure_data_plane, talk_and_window
 from bench.local_ray import local_ray
 from bench.results import Benchmark, BenchOptions, BenchResult, format_table
 from storage.settings import Settings
@@ -118,9 +111,7 @@ async def run_data_plane_max(
     window_s: float | None = None,
 ) -> BenchResult:
     tried = steps(max_calls)
-    small = max_calls < 5
-    talk = talk_s if talk_s is not None else (SMALL_TALK_S if small else TALK_S)
-    window = window_s if window_s is not None else (SMALL_WINDOW_S if small else WINDOW_S)
+    talk, window = talk_and_window(max_calls, talk_s, window_s)
     started_at = datetime.now(UTC)
     measured: list[Step] = []
     with local_ray(settings, max(16, 3 * max_calls), out, NAME):

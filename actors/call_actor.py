@@ -126,7 +126,10 @@ class CallActor:
             # live call's gateway binds it again within seconds (its stream reconnect), a
             # queued spare waits its turn; otherwise its call is over and it only holds a slot.
             self._orphan_check = asyncio.get_running_loop().create_task(self._exit_if_orphaned())
-        self._session_dirty = False
+        # Changes to the call session, and how many of them the stored session holds.
+        self._session_changes = 0
+        self._session_written = 0
+        self._session_lock = asyncio.Lock()  # one session write at a time, in order
         self.finished = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -637,14 +640,18 @@ class CallActor:
 
     # -- call session -------------------------------------------------------------------------
 
+    @property
+    def _session_dirty(self) -> bool:
+        return self._session_changes > self._session_written
+
     def _session_changed(self) -> None:
-        self._session_dirty = True
+        self._session_changes += 1
 
     def _audit(self, action: str, **details: Any) -> None:
         n = len(self.audit) + 1
         entry = AuditEntry.new(self.call_id, self.epoch, n, action, time.time(), details)
         self.audit.append(entry)
-        self._session_dirty = True
+        self._session_changes += 1
 
     def _session(self, *, ended: bool) -> CallSession:
         return call_session(
@@ -659,19 +666,30 @@ class CallActor:
         )
 
     async def _store_session(self, *, ended: bool = False) -> None:
+        """Write the call session as it is now. Writes go one at a time: two in flight on two
+        connections can land out of order and leave the older session stored (a call's opening
+        events arrive together). One that waited is skipped if the write before it, begun
+        later than this call, already held everything."""
         if self._redis is None:
             return
-        try:
-            await self._redis.store_call_session(self.call_id, self._session(ended=ended).to_dict())
-        except (PayloadTooLargeError, SerializationError) as exc:
-            self._storage_failed("store_session", exc)
-            await self._store_core_session(ended=ended)
-        except StorageError as exc:
-            self._storage_failed("store_session", exc)
-        else:
-            self._session_dirty = False
+        self._session_changes += 1
+        change = self._session_changes
+        async with self._session_lock:
+            if self._session_written >= change and not ended:
+                return
+            covered = self._session_changes
+            try:
+                session = self._session(ended=ended).to_dict()
+                await self._redis.store_call_session(self.call_id, session)
+            except (PayloadTooLargeError, SerializationError) as exc:
+                self._storage_failed("store_session", exc)
+                await self._store_core_session(ended=ended, covered=covered)
+            except StorageError as exc:
+                self._storage_failed("store_session", exc)
+            else:
+                self._session_written = covered
 
-    async def _store_core_session(self, *, ended: bool) -> None:
+    async def _store_core_session(self, *, ended: bool, covered: int) -> None:
         """What a restart and the end mark need, without the parts whose size others decide
         (the IncomingCall, participants, tones, audit): stored when the whole session cannot be."""
         assert self._redis is not None
@@ -682,7 +700,7 @@ class CallActor:
             self._storage_failed("store_core_session", exc)
         else:
             # Retried when the session changes: as it is, the whole of it would fail again.
-            self._session_dirty = False
+            self._session_written = covered
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ metrics. The actor runs in-process here (no Ray), on a real Redis and the embedd
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -140,12 +141,42 @@ async def _stored_dtmf(redis_mgr: Any, call_id: str, tones: list[str]) -> bool:
     return session is not None and session["actor"]["dtmf"] == tones
 
 
+async def test_a_calls_opening_events_leave_the_newest_session_stored(
+    actor: CallActor, redis_mgr: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ACS delivers a call's opening events together, and each changes the call session. Here
+    # the first write is the slowest, as on a busy Redis: writes in flight together could land
+    # out of order and leave the older session stored.
+    store = actor._redis.store_call_session  # type: ignore[union-attr]
+    delays = iter([0.2])
+
+    async def first_write_slow(call_id: str, session: dict[str, Any]) -> None:
+        await asyncio.sleep(next(delays, 0.0))
+        await store(call_id, session)
+
+    monkeypatch.setattr(actor._redis, "store_call_session", first_write_slow)
+    caller = {"identifier": {"rawId": CALLER}, "isMuted": False}
+    opening = [
+        {"id": "e1", "type": "Microsoft.Communication.CallConnected", "data": {}},
+        {
+            "id": "e2",
+            "type": "Microsoft.Communication.ParticipantsUpdated",
+            "data": {"sequenceNumber": 1, "participants": [caller]},
+        },
+    ]
+    await asyncio.gather(*(actor.handle_event(e) for e in opening))
+    state = (await redis_mgr.load_call_session(actor.call_id))["actor"]["state"]
+    assert state["status"] == "connected"
+    assert [p["raw_id"] for p in state["participants"]] == [CALLER]
+    assert not actor._session_dirty
+
+
 async def test_a_session_too_large_to_store_still_ends_archives_and_releases(
     actor: CallActor, redis_mgr: Any, config: CallActorConfig
 ) -> None:
     # Past the call session's 1 MiB limit by any route: every later store of it is refused.
     actor.media.dtmf.extend(["1" * 60_000] * 20)
-    actor._session_dirty = True
+    actor._session_changed()
     await eventually(lambda: actor.metrics.storage_failures["store_session"] == 1)
     await eventually(lambda: not actor._session_dirty)  # the core of the session was stored
     feed(actor, dtmf_msg("5"))
@@ -161,7 +192,7 @@ async def test_a_session_that_cannot_be_serialised_still_ends_and_releases(
     actor: CallActor, redis_mgr: Any
 ) -> None:
     actor.incoming["unserialisable"] = object()
-    actor._session_dirty = True
+    actor._session_changed()
     await eventually(lambda: actor.metrics.storage_failures["store_session"] >= 1)
     assert loops_alive(actor)
     await actor.shutdown("test")

@@ -441,6 +441,15 @@ async def _watch_burst_cpu(gw: Gateway, calls: int) -> BurstCpu:
     return BurstCpu.between(before, all_cpu_s(), seconds, os.getpid())
 
 
+def finished_or_cancel(watcher: asyncio.Task[BurstCpu]) -> BurstCpu | None:
+    """The watcher's reading if it saw every set-up; else None, and it is cancelled (some call
+    never got its actor: there is no burst to account)."""
+    if watcher.done() and not watcher.cancelled():
+        return watcher.result()
+    watcher.cancel()
+    return None
+
+
 async def _place_calls(
     stack: GatewayStack, acs: ExternalAcs, calls: int, workdir: Path
 ) -> tuple[list[CallReport], str]:
@@ -510,10 +519,7 @@ async def run_mode(
             reports, err = await _place_calls(stack, acs, calls, workdir)
         finally:
             ticker.cancel()
-            if not watcher.done():  # some call never got its actor: no burst to account
-                watcher.cancel()
-        if not watcher.cancelled():
-            result.burst_cpu = watcher.result()
+            result.burst_cpu = finished_or_cancel(watcher)
         if not reports:
             result.note = f"no load-generator report: {err}"
             _say(out, f"  {result.note}")

@@ -3,6 +3,8 @@ command's registration, and a tiny call_setup run on the local stack (no timing 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,6 +99,20 @@ def test_a_bursts_cpu_is_split_by_process_group_per_call() -> None:
     assert round(per_call[STAND_IN], 3) == 10.0 and round(per_call[OTHER], 3) == 2.0
     assert round(cpu.cores_busy, 2) == 1.28
     assert cpu.to_json(2)["per_call_ms"][GATEWAY] == 15.0
+
+
+async def test_a_burst_some_call_never_finished_has_no_cpu_reading() -> None:
+    never = asyncio.get_running_loop().create_future()
+    waiting = asyncio.create_task(asyncio.wait_for(never, None))
+    await asyncio.sleep(0)
+    assert call_setup.finished_or_cancel(waiting) is None  # raised InvalidStateError before
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    assert waiting.cancelled()
+    reading = BurstCpu(0.1, {GATEWAY: 0.01})
+    done = asyncio.create_task(asyncio.sleep(0, reading))
+    await done
+    assert call_setup.finished_or_cancel(done) is reading
 
 
 def test_table_shows_each_run_and_a_pool_that_did_not_warm() -> None:

@@ -8,7 +8,8 @@ puts its spare back, and every later lookup (events, a restarted actor's reconne
 same actor. The epoch fence of the affinity record still refuses a stale owner's writes.
 Without a spare, or without Redis, the call gets an actor named by its call id as before (Ray's
 named-actor registry decides then). Each actor serves one call and exits after it; the keeper
-refills the pool under a Redis lease, so one replica refills at a time.
+refills the pool under a Redis lease, so one replica refills at a time, and holds its spare
+starts (up to ``refill_hold_s``) while calls are being set up on its replica.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 KEEPER_LEASE = "pool-keeper"
 MAX_TAKE_ATTEMPTS = 3  # spares found dead before falling back to a cold actor
 DEMAND_WINDOW_S = 30.0
+# Spare starts wait at most this long for the calls being set up: starting a spare's process
+# costs about a second of CPU, which those set-ups would otherwise queue behind.
+REFILL_HOLD_S = 2.0
 LIVE_TASK_PREFIX = "call:"
 
 
@@ -63,6 +67,7 @@ class WarmPool:
         start_concurrency: int = 4,
         bind_deadline_s: float = 5.0,
         demand_window_s: float = DEMAND_WINDOW_S,
+        refill_hold_s: float = REFILL_HOLD_S,
     ) -> None:
         self._redis = redis
         self._config = config
@@ -71,6 +76,9 @@ class WarmPool:
         self.min_spares = min_spares
         self.max_spares = max(min_spares, max_spares)
         self.demand_window_s = demand_window_s
+        self.refill_hold_s = refill_hold_s
+        self._setting_up = 0  # activations in flight on this replica
+        self._holding_since: float | None = None
         self._timeout_s = timeout_s
         self._bind_deadline_s = bind_deadline_s  # retrying a slow Redis before going cold
         self._starting = 0
@@ -95,18 +103,22 @@ class WarmPool:
 
         Raises CallEnded for a call that is over."""
         started = time.perf_counter()
-        owner = await self.owner_of(call_id)
-        if owner == call_id:  # no pool for this call: an actor named by the call id
-            handle = await asyncio.to_thread(create_call_actor, call_id, self._config)
-        else:
-            handle = await self._actor(owner)
+        self._setting_up += 1
         try:
-            endpoint: Endpoint = await asyncio.wait_for(
-                handle.bind.remote(call_id, incoming), self._timeout_s
-            )
-        except CallEnded:
-            await asyncio.to_thread(forget_actor, handle)
-            raise
+            owner = await self.owner_of(call_id)
+            if owner == call_id:  # no pool for this call: an actor named by the call id
+                handle = await asyncio.to_thread(create_call_actor, call_id, self._config)
+            else:
+                handle = await self._actor(owner)
+            try:
+                endpoint: Endpoint = await asyncio.wait_for(
+                    handle.bind.remote(call_id, incoming), self._timeout_s
+                )
+            except CallEnded:
+                await asyncio.to_thread(forget_actor, handle)
+                raise
+        finally:
+            self._setting_up -= 1
         if owner != call_id:
             self.bind_seconds.append(time.perf_counter() - started)
         # Not awaited: the task runs until the call ends, named so operators find it by call id.
@@ -202,12 +214,28 @@ class WarmPool:
         missing = self.target() - self.spares_seen - self._starting
         if missing < 0 and self._starting == 0:
             await self._retire_newest()
+        if missing > 0 and self._holds_starts():
+            return 0
         for _ in range(max(0, missing)):
             self._starting += 1
             task = asyncio.get_running_loop().create_task(self._start_spare())
             self._starts.add(task)
             task.add_done_callback(self._starts.discard)
         return max(0, missing)
+
+    def _holds_starts(self) -> bool:
+        """True while calls are being set up on this replica, for at most ``refill_hold_s`` in
+        a row (then the spares start, and the next pass may hold again)."""
+        if not self._setting_up:
+            self._holding_since = None
+            return False
+        now = time.monotonic()
+        if self._holding_since is None:
+            self._holding_since = now
+        if now - self._holding_since < self.refill_hold_s:
+            return True
+        self._holding_since = None
+        return False
 
     async def _start_spare(self) -> None:
         handle = None

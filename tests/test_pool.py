@@ -97,6 +97,24 @@ async def test_a_call_binds_a_warm_spare_and_the_pool_refills(
     await handle.shutdown.remote("test")
 
 
+async def test_spare_starts_wait_while_calls_are_set_up_but_not_for_long(
+    redis_mgr: AsyncAzureRedisManager, config: CallActorConfig
+) -> None:
+    # Starting a spare's process costs about a second of CPU; calls being set up come first.
+    pool = WarmPool(
+        redis_mgr, config, owner="gw-hold", min_spares=1, max_spares=1, refill_hold_s=0.3
+    )
+    pool._setting_up = 1  # a call is being set up on this replica
+    try:
+        assert await pool.refill_once() == 0
+        await asyncio.sleep(0.35)
+        assert await pool.refill_once() == 1  # held long enough: the spare starts
+        await eventually(lambda: _at_least(pool, 1), timeout=60)
+    finally:
+        pool._setting_up = 0
+        await pool.retire_all()
+
+
 async def test_racing_replicas_bind_one_actor_per_call(
     redis_mgr: AsyncAzureRedisManager, config: CallActorConfig
 ) -> None:

@@ -39,6 +39,7 @@ from simulator.devstack.local_redis import (
     stop_process,
     wait_until_serving,
 )
+from simulator.wire import transcription_data
 from storage.archive import ArchiveStore, open_archive
 from storage.settings import Settings
 
@@ -105,19 +106,6 @@ def cosmos_emulator(port: int | None = None, timeout: float = 30.0) -> Iterator[
         yield f"https://127.0.0.1:{port}"
     finally:
         stop_process(proc)
-
-
-def transcription_message(text: str) -> str:
-    body = {
-        "text": text,
-        "format": "display",
-        "confidence": 0.9,
-        "offset": 1000,
-        "duration": 2000,
-        "participantRawID": "4:" + CALLER,
-        "resultStatus": "Final",
-    }
-    return orjson.dumps({"kind": "TranscriptionData", "transcriptionData": body}).decode()
 
 
 @dataclass(slots=True)
@@ -218,7 +206,7 @@ async def _end_one(handle: Any, endpoint: Any, call_id: str, store: ArchiveStore
     end = CallEnd(call_id)
     media = await open_stream(endpoint.host, endpoint.port, endpoint.token, call_id, "media")
     text = await open_stream(endpoint.host, endpoint.port, endpoint.token, call_id, "transcription")
-    await text.send_acs(transcription_message(LINE))
+    await text.send_acs(orjson.dumps(transcription_data(LINE, 0.0, 1.0, "4:" + CALLER, final=True)))
     await _wait_turns(handle, 2)  # the caller's line and the reply, checkpointed
     event = {"id": uuid.uuid4().hex, "type": "Microsoft.Communication.CallDisconnected", "data": {}}
     started = time.perf_counter()

@@ -18,7 +18,6 @@ transcription message sent -> the first AudioData frame of the reply received. O
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import random
 import socket
@@ -52,6 +51,7 @@ from simulator.devstack.local_redis import (
     wait_until_serving,
 )
 from simulator.llm_api import tokens
+from simulator.wire import audio_data, transcription_data
 from storage.settings import Settings
 
 NAME = "reply_latency"
@@ -106,24 +106,7 @@ def quiet_frame() -> str:
     """A 20 ms caller frame under the barge-in threshold (it never cuts a reply)."""
     rng = np.random.default_rng(7)
     pcm = rng.integers(-60, 60, FRAME_BYTES // 2, dtype=np.int16).astype("<i2").tobytes()
-    body = {
-        "timestamp": "",
-        "participantRawID": "4:" + CALLER,
-        "data": base64.b64encode(pcm).decode(),
-        "silent": False,
-    }
-    return orjson.dumps({"kind": "AudioData", "audioData": body}).decode()
-
-
-def transcription_message(text: str) -> str:
-    body = {
-        "text": text,
-        "format": "display",
-        "confidence": 0.9,
-        "participantRawID": "4:" + CALLER,
-        "resultStatus": "Final",
-    }
-    return orjson.dumps({"kind": "TranscriptionData", "transcriptionData": body}).decode()
+    return orjson.dumps(audio_data(pcm, "", "4:" + CALLER, silent=False)).decode()
 
 
 @contextlib.contextmanager
@@ -320,7 +303,8 @@ async def _one_call(
         await asyncio.sleep(rng.uniform(0.0, START_SPREAD_S))
         for i in range(turns):
             sent = time.monotonic()
-            await text.send_acs(transcription_message(run.lines[i]))
+            line = transcription_data(run.lines[i], 0.0, 1.0, "4:" + CALLER, final=True)
+            await text.send_acs(orjson.dumps(line))
             first = await asyncio.wait_for(frames.get(), FIRST_FRAME_TIMEOUT_S)
             run.latencies_ms.append((first - sent) * 1000.0)
             await _reply_over(frames, frames_per_reply - 1)

@@ -19,6 +19,7 @@ import ray
 from actors.activation import aget_or_activate, get_call_actor
 from actors.config import CallActorConfig
 from actors.stream_protocol import open_stream
+from simulator.wire import transcription_data
 from storage.archive_drainer import ArchiveDrainer
 from storage.archiver import Archiver, Destination
 from storage.cosmos_archive import CosmosArchive
@@ -101,20 +102,6 @@ async def test_a_document_refused_for_good_is_kept_aside_and_counted(
     assert kept == [{"kind": "audit", "document": bad}]
 
 
-def transcription(text: str) -> str:
-    """A final TranscriptionData message, as ACS sends it on the transcription socket."""
-    data = {
-        "text": text,
-        "format": "display",
-        "confidence": 0.9,
-        "offset": 1000,
-        "duration": 2000,
-        "participantRawID": "4:" + CALLER,
-        "resultStatus": "Final",
-    }
-    return orjson.dumps({"kind": "TranscriptionData", "transcriptionData": data}).decode()
-
-
 def event(name: str) -> dict[str, Any]:
     return {"id": uuid.uuid4().hex, "type": f"Microsoft.Communication.{name}", "data": {}}
 
@@ -171,7 +158,8 @@ async def test_cosmos_stopped_at_hang_up_each_call_is_archived_once_by_the_drain
             endpoint.host, endpoint.port, endpoint.token, call_id, "transcription"
         )
         lines[call_id] = f"call {n}: keep this line safe"
-        await stream.send_acs(transcription(lines[call_id]))
+        line = transcription_data(lines[call_id], 0.0, 1.0, "4:" + CALLER, final=True)
+        await stream.send_acs(orjson.dumps(line))
         await eventually(lambda h=handle: talked(h, 2), timeout=60)
         await stream.close()
 

@@ -18,7 +18,6 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -26,9 +25,8 @@ from actors.activation import get_call_actor
 from simulator import CallerScript, ScriptLine
 from simulator.devstack.local_redis import free_port
 from simulator.service import AcsStandIn
-from storage.archive import open_archive
 from storage.settings import Settings
-from tests.helpers import eventually
+from tests.helpers import archived_transcript, eventually
 
 CHUNK = 65536
 LIVE_TIMEOUT_S = 60.0  # generous: the machine is shared and actor processes start cold
@@ -70,23 +68,10 @@ async def user_turns_heard(call_id: str, namespace: str, n: int) -> bool:
 
 async def archived_user_lines(settings: Settings, call_id: str) -> list[str]:
     """The caller's lines in the call's archived transcript, once it is written."""
-    doc = await archived_transcript(settings, call_id)
+    doc = await archived_transcript(settings, call_id, timeout=LIVE_TIMEOUT_S)
     return [turn["text"] for turn in doc["turns"] if turn["role"] == "user"]
 
 
-async def archived_transcript(settings: Settings, call_id: str) -> dict[str, Any]:
-    """The call's archived transcript, once it is written."""
-    async with open_archive(settings.storage) as archive:
-        doc: dict[str, Any] | None = None
-
-        async def written() -> bool:
-            nonlocal doc
-            doc = await archive.get_transcript(call_id)
-            return doc is not None
-
-        await eventually(written, timeout=LIVE_TIMEOUT_S)
-    assert doc is not None
-    return doc
 
 
 class TcpProxy:

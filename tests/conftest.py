@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from actors.config import CallActorConfig
 from simulator.devstack.local_redis import LocalRedisServer
 from simulator.llm_api import LlmStandIn
+from simulator.service import DEFAULT_EVENT_GRID_PATH, AcsStandIn
 from storage.keys import RedisKeyManager
 from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import Settings
@@ -109,3 +111,13 @@ async def llm() -> AsyncIterator[LlmStandIn]:
     """The model API stand-in on a free port, fast pacing (tests assert no durations)."""
     async with LlmStandIn(ttft_s=0.01, token_s=0.001, api_key="test-key") as standin:
         yield standin
+
+
+@pytest.fixture
+async def acs() -> AsyncIterator[tuple[AcsStandIn, str]]:
+    """A running ACS stand-in whose Event Grid subscription carries a secret, and the secret
+    (the gateway's RTVOICE_EVENTGRID_SECRET)."""
+    secret = secrets.token_urlsafe(24)
+    stand_in = await AcsStandIn(event_grid_path=f"{DEFAULT_EVENT_GRID_PATH}?code={secret}").start()
+    yield stand_in, secret
+    await stand_in.stop()

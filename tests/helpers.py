@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from actors.stream_protocol import ServerConnection
+from simulator.service import AcsStandIn
+from storage.archive import open_archive
+from storage.settings import Settings
 from tests.servers import CosmosEmulator
 
 # The per-operation timeout of the shared ``redis_mgr`` fixture (conftest.py).
@@ -85,3 +90,37 @@ def transcript(call_id: str, turns: int, *, text_bytes: int = 40, **meta: Any) -
         ],
         **meta,
     }
+
+
+def serve_env(acs: AcsStandIn, event_grid_secret: str, redis_url: str, tmp: Path) -> dict[str, str]:
+    """What every ``rtvoice serve`` replica of a test is configured with: the ACS stand-in, a
+    gateway secret, Redis and a private archive. Callers add Ray, the pool and the rest."""
+    return {
+        "RTVOICE_REDIS_URL": redis_url,
+        "RTVOICE_ACS_ENDPOINT": acs.endpoint,
+        "RTVOICE_ACS_ACCESS_KEY": acs.access_key,
+        "RTVOICE_ACS_JWT_ISSUER": acs.issuer,
+        "RTVOICE_ACS_JWKS_URL": acs.jwks_url,
+        "RTVOICE_ACS_AUDIENCE": acs.audience,
+        "RTVOICE_EVENTGRID_SECRET": event_grid_secret,
+        "RTVOICE_GATEWAY_SECRET": secrets.token_urlsafe(32),
+        "RTVOICE_ARCHIVE_PATH": str(tmp / "archive.sqlite3"),
+        "RTVOICE_SPOOL_DIR": str(tmp / "spool"),
+    }
+
+
+async def archived_transcript(
+    settings: Settings, call_id: str, *, timeout: float = 30.0
+) -> dict[str, Any]:
+    """The call's archived transcript, once its actor has written it (after the call ends)."""
+    async with open_archive(settings.storage) as archive:
+        doc: dict[str, Any] | None = None
+
+        async def written() -> bool:
+            nonlocal doc
+            doc = await archive.get_transcript(call_id)
+            return doc is not None
+
+        await eventually(written, timeout=timeout)
+    assert doc is not None
+    return doc

@@ -7,9 +7,7 @@ routes them to the same call actor: no caller line is lost, the actor never rest
 from __future__ import annotations
 
 import asyncio
-import secrets
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +16,17 @@ import ray
 
 from actors.activation import get_call_actor
 from simulator import CallFaults, Scenario, run_scenario
-from simulator.service import DEFAULT_EVENT_GRID_PATH, AcsStandIn
+from simulator.service import AcsStandIn
 from storage.settings import Settings
 from tests.chaos import (
     LIVE_TIMEOUT_S,
     GatewayProcess,
     TcpProxy,
-    archived_transcript,
     caller,
     live_call_id,
     user_turns_heard,
 )
-from tests.helpers import eventually
+from tests.helpers import archived_transcript, eventually, serve_env
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -40,32 +37,14 @@ LINES = [
 ]
 
 
-@pytest.fixture
-async def acs() -> AsyncIterator[tuple[AcsStandIn, str]]:
-    secret = secrets.token_urlsafe(24)
-    stand_in = await AcsStandIn(event_grid_path=f"{DEFAULT_EVENT_GRID_PATH}?code={secret}").start()
-    yield stand_in, secret
-    await stand_in.stop()
-
-
 def replica_env(
     acs: AcsStandIn, event_grid_secret: str, ray_cluster: dict[str, Any], redis_url: str, tmp: Path
 ) -> dict[str, str]:
     """What both replicas share: the deployment's settings, as ``rtvoice serve`` reads them."""
-    return {
-        "RTVOICE_REDIS_URL": redis_url,
+    return serve_env(acs, event_grid_secret, redis_url, tmp) | {
         "RTVOICE_ENVIRONMENT": f"kill{uuid.uuid4().hex[:8]}",
         "RTVOICE_RAY_ADDRESS": str(ray_cluster["address"]),
         "RTVOICE_RAY_NAMESPACE": str(ray_cluster["namespace"]),
-        "RTVOICE_ACS_ENDPOINT": acs.endpoint,
-        "RTVOICE_ACS_ACCESS_KEY": acs.access_key,
-        "RTVOICE_ACS_JWT_ISSUER": acs.issuer,
-        "RTVOICE_ACS_JWKS_URL": acs.jwks_url,
-        "RTVOICE_ACS_AUDIENCE": acs.audience,
-        "RTVOICE_EVENTGRID_SECRET": event_grid_secret,
-        "RTVOICE_GATEWAY_SECRET": secrets.token_urlsafe(32),
-        "RTVOICE_ARCHIVE_PATH": str(tmp / "archive.sqlite3"),
-        "RTVOICE_SPOOL_DIR": str(tmp / "spool"),
         "RTVOICE_POOL_MIN_SPARES": "1",
         "RTVOICE_POOL_MAX_SPARES": "1",
     }
@@ -106,7 +85,7 @@ async def test_a_gateway_killed_mid_call_the_call_goes_on_through_another_replic
             assert report.media_connects == 2  # the stand-in connected again, to the other one
             assert report.heard_s > 0
             settings = Settings(redis_url=redis_url, archive_path=env["RTVOICE_ARCHIVE_PATH"])
-            doc = await archived_transcript(settings, call_id)
+            doc = await archived_transcript(settings, call_id, timeout=LIVE_TIMEOUT_S)
             assert [t["text"] for t in doc["turns"] if t["role"] == "user"] == LINES
             assert [t["role"] for t in doc["turns"]] == ["user", "assistant"] * len(LINES)
             # One actor all along: never restarted, its first epoch never fenced.

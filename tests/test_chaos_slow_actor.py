@@ -18,8 +18,8 @@ from actors.activation import get_call_actor
 from simulator import Scenario, run_scenario
 from simulator.devstack.local_stack import LocalStack
 from storage.settings import Settings
-from tests.chaos import LIVE_TIMEOUT_S, archived_transcript, caller, live_call_id, user_turns_heard
-from tests.helpers import eventually
+from tests.chaos import LIVE_TIMEOUT_S, caller, live_call_id, user_turns_heard
+from tests.helpers import archived_transcript, eventually
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -82,7 +82,7 @@ async def test_a_slow_actor_delays_no_other_call_and_its_backlog_is_bounded(
             )
             received = {}
             for call_id, report in zip(call_ids, reports, strict=True):
-                doc = await archived_transcript(stack.settings, call_id)
+                doc = await archived_transcript(stack.settings, call_id, timeout=LIVE_TIMEOUT_S)
                 # No caller line lost, the slow call's included: transcription is never dropped.
                 assert [t["text"] for t in doc["turns"] if t["role"] == "user"] == lines
                 received[call_id] = (doc["metrics"]["frames_in"], report.frames_sent)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -42,11 +41,11 @@ from actors.pool import live_task_name
 from simulator.devstack.local_redis import LocalRedisServer, free_port
 from simulator.report import CallReport
 from simulator.script import CallerScript, ScriptLine
-from simulator.service import DEFAULT_EVENT_GRID_PATH, AcsStandIn
+from simulator.service import AcsStandIn
 from storage.keys import RedisKeyManager
 from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import load_settings
-from tests.helpers import eventually
+from tests.helpers import eventually, serve_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -232,14 +231,6 @@ def fake_cluster() -> Iterator[FakeCluster]:
 
 
 @pytest_asyncio.fixture
-async def acs() -> AsyncIterator[tuple[AcsStandIn, str]]:
-    secret = secrets.token_urlsafe(24)
-    stand_in = await AcsStandIn(event_grid_path=f"{DEFAULT_EVENT_GRID_PATH}?code={secret}").start()
-    yield stand_in, secret
-    await stand_in.stop()
-
-
-@pytest_asyncio.fixture
 async def gateway(
     fake_cluster: FakeCluster,
     acs: tuple[AcsStandIn, str],
@@ -250,23 +241,13 @@ async def gateway(
     stand_in, event_grid_secret = acs
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = os.environ | {
+    env = os.environ | serve_env(stand_in, event_grid_secret, redis_server.url, tmp_path) | {
         "RAY_AUTH_MODE": "disabled",
         "RTVOICE_RAY_ADDRESS": fake_cluster.gcs_address,
         "RTVOICE_RAY_NAMESPACE": f"cluster-{uuid.uuid4().hex[:8]}",
         "RTVOICE_ENVIRONMENT": f"c{uuid.uuid4().hex[:10]}",
-        "RTVOICE_REDIS_URL": redis_server.url,
         "RTVOICE_PUBLIC_URL": url,
         "RTVOICE_REPLICA_ID": "gw-cluster",
-        "RTVOICE_ACS_ENDPOINT": stand_in.endpoint,
-        "RTVOICE_ACS_ACCESS_KEY": stand_in.access_key,
-        "RTVOICE_ACS_JWT_ISSUER": stand_in.issuer,
-        "RTVOICE_ACS_JWKS_URL": stand_in.jwks_url,
-        "RTVOICE_ACS_AUDIENCE": stand_in.audience,
-        "RTVOICE_GATEWAY_SECRET": secrets.token_urlsafe(32),
-        "RTVOICE_EVENTGRID_SECRET": event_grid_secret,
-        "RTVOICE_ARCHIVE_PATH": str(tmp_path / "archive.sqlite3"),
-        "RTVOICE_SPOOL_DIR": str(tmp_path / "spool"),
         "RTVOICE_POOL_MIN_SPARES": "1",
         "RTVOICE_POOL_MAX_SPARES": "4",
         "RTVOICE_POOL_DEMAND_WINDOW_S": str(DEMAND_WINDOW_S),

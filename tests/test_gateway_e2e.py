@@ -55,6 +55,7 @@ from simulator.jwt_issuer import CALLBACK_TOKEN_LIFETIME_S, MEDIA_TOKEN_LIFETIME
 from simulator.service import AcsStandIn
 from storage.archive import open_archive
 from storage.settings import Settings
+from tests.helpers import archived_transcript
 from tests.helpers import eventually as poll_until
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -87,21 +88,6 @@ def caller(number: str, voice: int, lines: list[str], **fields: Any) -> CallerSc
         lines=[ScriptLine(say=text, pause_s=0.4) for text in lines],
         **({"lead_in_s": 0.2, "tail_s": 0.6} | fields),
     )
-
-
-async def archived_transcript(settings: Settings, call_id: str) -> dict[str, Any]:
-    """The archived transcript, once the actor has written it (after CallDisconnected)."""
-    async with open_archive(settings.storage) as archive:
-        doc: dict[str, Any] | None = None
-
-        async def archived() -> bool:
-            nonlocal doc
-            doc = await archive.get_transcript(call_id)
-            return doc is not None
-
-        await eventually(archived)
-    assert doc is not None
-    return doc
 
 
 def pausing_caller(
@@ -183,7 +169,7 @@ class Harness:
         return self.stack.settings
 
     async def transcript(self, call_id: str) -> dict[str, Any]:
-        return await archived_transcript(self.settings(), call_id)
+        return await archived_transcript(self.settings(), call_id, timeout=LIVE_TIMEOUT_S)
 
     async def gone(self, call_id: str) -> bool:
         return await asyncio.to_thread(get_call_actor, call_id, self.namespace) is None
@@ -521,7 +507,8 @@ async def test_replies_spoken_by_acs_play_media(harness: Harness) -> None:
         result = await run_scenario(stack.acs, stack.gateway_url, Scenario(callers=[script]))
         report = result.calls[0]
         harness.call_ids.append(report.call_connection_id)
-        doc = await archived_transcript(stack.settings, report.call_connection_id)
+        call_id = report.call_connection_id
+        doc = await archived_transcript(stack.settings, call_id, timeout=LIVE_TIMEOUT_S)
     assert report.answered and not report.unexpected, report.unexpected
     replies = [turn["text"] for turn in doc["turns"] if turn["role"] == "assistant"]
     assert replies and " ".join(report.played) == " ".join(replies)  # a play per sentence
@@ -795,7 +782,7 @@ async def test_cosmos_down_at_hang_up_the_production_drainer_archives_once(
 
             await eventually(queued)
             await asyncio.to_thread(cosmos_emulator.start)
-            doc = await archived_transcript(stack.settings, call_id)
+            doc = await archived_transcript(stack.settings, call_id, timeout=LIVE_TIMEOUT_S)
             assert user_texts(doc) == lines and roles(doc) == ["user", "assistant"]
 
             async def drained() -> bool:

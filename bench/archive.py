@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,10 +30,9 @@ import orjson
 from actors.activation import aactivate, forget_actor
 from actors.config import CallActorConfig
 from actors.stream_protocol import open_stream
-from bench.local_ray import local_ray
+from bench.local_ray import local_ray, private_actor_config
 from bench.results import Benchmark, BenchOptions, BenchResult, Spread, format_table, spread
 from simulator.devstack.local_redis import (
-    LocalRedisServer,
     free_port,
     stop_process,
     wait_until_serving,
@@ -281,23 +279,12 @@ async def run_archive(
     if calls < 1:
         raise ValueError("archive needs at least one call")
     started_at = datetime.now(UTC)
-    slot = settings.actors.call_slot_resource
     slots = calls + 4
     runs: list[StoreRun] = []
     with (
         local_ray(settings, slots, out, NAME, own_namespace=True) as namespace,
-        tempfile.TemporaryDirectory(prefix="rtvoice-archive-") as tmp,
-        LocalRedisServer() as rs,
+        private_actor_config(settings, namespace, NAME) as base,
     ):
-        base = CallActorConfig.from_settings(
-            settings,
-            redis_url=rs.url,
-            environment=f"bench{uuid.uuid4().hex[:6]}",
-            archive_path=str(Path(tmp) / "archive.sqlite3"),
-            spool_dir=str(Path(tmp) / "spool"),
-            ray_namespace=namespace,
-            call_slot_resource=slot,
-        )
         for store in stores:
             if store == COSMOS and not EMULATOR_BIN.exists():
                 note = "skipped: emulator not installed (npm ci in tests/cosmos_emulator)"

@@ -15,24 +15,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import statistics
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TextIO
 
 import ray
 
 from actors.activation import aactivate, forget_actor
-from actors.config import CallActorConfig
 from actors.stream_protocol import StreamConnection, open_stream
 from bench.bare_actor import BareActor
-from bench.local_ray import local_ray
+from bench.local_ray import local_ray, private_actor_config
 from bench.proc_stats import cpu_percent, private_kib, proc_cpu_s
 from bench.results import Benchmark, BenchOptions, BenchResult, format_table
-from simulator.devstack.local_redis import LocalRedisServer
 from storage.settings import Settings
 
 NAME = "density"
@@ -169,20 +165,9 @@ async def run_density(
     readings: list[Reading] = []
     with local_ray(settings, slots, out, NAME, own_namespace=True) as namespace:
         try:
-            with (
-                tempfile.TemporaryDirectory(prefix="rtvoice-density-") as tmp,
-                LocalRedisServer() as rs,
-            ):
-                config = CallActorConfig.from_settings(
-                    settings,
-                    redis_url=rs.url,
-                    environment=f"bench{uuid.uuid4().hex[:6]}",
-                    archive_path=str(Path(tmp) / "archive.sqlite3"),
-                    spool_dir=str(Path(tmp) / "spool"),
-                    call_idle_timeout_s=max(600.0, 10 * window_s),
-                    ray_namespace=namespace,
-                    call_slot_resource=slot,
-                )
+            with private_actor_config(
+                settings, namespace, NAME, call_idle_timeout_s=max(600.0, 10 * window_s)
+            ) as config:
                 out.write(f"density: activating {calls} call actors and {calls} bare actors\n")
                 out.flush()
                 begun = time.monotonic()

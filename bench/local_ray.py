@@ -1,18 +1,23 @@
-"""The Ray a benchmark runs on: the one already up (the tests'), else a local one of its own.
+"""What a benchmark's call actors run on: the Ray already up (the tests'), else a local one of
+its own; and, for benchmarks that start actors themselves, a Redis and an archive of their own.
 
-Never places actors itself; it only starts and stops Ray around a benchmark.
+Never places actors itself; it only starts and stops what they need around a benchmark.
 """
 
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import uuid
 from collections.abc import Iterator
-from typing import TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
 import ray
 
 from actors.cluster import init_local_ray
+from actors.config import CallActorConfig
+from simulator.devstack.local_redis import LocalRedisServer
 from storage.settings import Settings
 
 
@@ -39,3 +44,21 @@ def local_ray(
         yield namespace
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def private_actor_config(
+    settings: Settings, namespace: str, name: str, **changes: Any
+) -> Iterator[CallActorConfig]:
+    """Call actors' configuration in ``namespace`` on a private Redis and a private embedded
+    archive, both removed afterwards; ``changes`` are further settings by flat name."""
+    with tempfile.TemporaryDirectory(prefix=f"rtvoice-{name}-") as tmp, LocalRedisServer() as rs:
+        yield CallActorConfig.from_settings(
+            settings,
+            redis_url=rs.url,
+            environment=f"bench{uuid.uuid4().hex[:6]}",
+            archive_path=str(Path(tmp) / "archive.sqlite3"),
+            spool_dir=str(Path(tmp) / "spool"),
+            ray_namespace=namespace,
+            **changes,
+        )

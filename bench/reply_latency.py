@@ -23,13 +23,11 @@ import random
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
@@ -37,15 +35,13 @@ import numpy as np
 import orjson
 
 from actors.activation import aactivate, forget_actor
-from actors.config import CallActorConfig
 from actors.outbound_audio import slice_frames
 from actors.sentences import SentenceSplitter
 from actors.speaker import synthesize
 from actors.stream_protocol import FrameKind, StreamConnection, open_stream
-from bench.local_ray import local_ray
+from bench.local_ray import local_ray, private_actor_config
 from bench.results import Benchmark, BenchOptions, BenchResult, Spread, format_table, spread
 from simulator.devstack.local_redis import (
-    LocalRedisServer,
     free_port,
     stop_process,
     wait_until_serving,
@@ -334,21 +330,16 @@ async def run_reply_latency(
     rng = random.Random(seed)
     with (
         local_ray(settings, slots, out, NAME, own_namespace=True) as namespace,
-        tempfile.TemporaryDirectory(prefix="rtvoice-reply-") as tmp,
-        LocalRedisServer() as rs,
         model_stand_in() as base_url,
-    ):
-        config = CallActorConfig.from_settings(
+        private_actor_config(
             settings,
-            redis_url=rs.url,
-            environment=f"bench{uuid.uuid4().hex[:6]}",
-            archive_path=str(Path(tmp) / "archive.sqlite3"),
-            spool_dir=str(Path(tmp) / "spool"),
-            ray_namespace=namespace,
+            namespace,
+            NAME,
             responder="openai",
             llm_base_url=base_url,
             llm_api_key="bench",
-        )
+        ) as config,
+    ):
         out.write(f"{NAME}: activating {calls} call actors (openai responder, model stand-in)\n")
         out.flush()
         begun = time.monotonic()

@@ -27,10 +27,10 @@ from typing import Any, TextIO
 
 import orjson
 
-from actors.activation import aactivate, forget_actor
+from actors.activation import forget_actor
 from actors.config import CallActorConfig
 from actors.stream_protocol import open_stream
-from bench.local_ray import local_ray, private_actor_config
+from bench.local_ray import activate_calls, local_ray, private_actor_config
 from bench.results import Benchmark, BenchOptions, BenchResult, Spread, format_table, spread
 from simulator.devstack.local_redis import (
     free_port,
@@ -244,15 +244,10 @@ async def run_store(
         out.write(f"archive [{STORE_LABELS[store]}]: activating {calls} call actors\n")
         out.flush()
         begun = time.monotonic()
-        ids = [f"archive-{uuid.uuid4().hex[:10]}" for _ in range(calls)]
-        incoming = {"caller": {"kind": "phoneNumber", "raw_id": "4:" + CALLER}, "caller_id": CALLER}
-        activated = await asyncio.gather(
-            *(aactivate(call_id, config, incoming=incoming) for call_id in ids),
-            return_exceptions=True,
-        )
+        activated = await activate_calls(config, "archive", calls, CALLER)
         out.write(f"  activated in {time.monotonic() - begun:.1f} s; ending calls one by one\n")
         out.flush()
-        for i, (call_id, got) in enumerate(zip(ids, activated, strict=True)):
+        for i, (call_id, got) in enumerate(activated.items()):
             if isinstance(got, BaseException):
                 run.ends.append(CallEnd(call_id, error=f"activation: {type(got).__name__}"))
                 continue

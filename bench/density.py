@@ -16,17 +16,16 @@ import asyncio
 import contextlib
 import statistics
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import ray
 
-from actors.activation import aactivate, forget_actor
+from actors.activation import forget_actor
 from actors.stream_protocol import StreamConnection, open_stream
 from bench.bare_actor import BareActor
-from bench.local_ray import local_ray, private_actor_config
+from bench.local_ray import activate_calls, local_ray, private_actor_config
 from bench.proc_stats import cpu_percent, private_kib, proc_cpu_s
 from bench.results import Benchmark, BenchOptions, BenchResult, format_table
 from storage.settings import Settings
@@ -171,20 +170,14 @@ async def run_density(
                 out.write(f"density: activating {calls} call actors and {calls} bare actors\n")
                 out.flush()
                 begun = time.monotonic()
-                incoming = {
-                    "caller": {"kind": "phoneNumber", "raw_id": "4:" + CALLER},
-                    "caller_id": CALLER,
-                }
-                activated = await asyncio.gather(
-                    *(
-                        aactivate(f"density-{uuid.uuid4().hex[:10]}", config, incoming=incoming)
-                        for _ in range(calls)
-                    )
-                )
+                activated = await activate_calls(config, "density", calls, CALLER)
                 remote = ray.remote(BareActor).options(num_cpus=0, resources={slot: 1})
                 bare = [remote.remote() for _ in range(calls)]
                 bare_pids = await asyncio.gather(*(b.pid.remote() for b in bare))
-                for handle, ep in activated:
+                for got in activated.values():
+                    if isinstance(got, BaseException):
+                        raise got
+                    handle, ep = got
                     handles.append(handle)
                     call_id = (await handle.info.remote())["call_id"]
                     for stream in ("media", "transcription"):

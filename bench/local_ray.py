@@ -6,6 +6,7 @@ Never places actors itself; it only starts and stops what they need around a ben
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import tempfile
 import uuid
@@ -15,6 +16,7 @@ from typing import Any, TextIO
 
 import ray
 
+from actors.activation import aactivate
 from actors.cluster import init_local_ray
 from actors.config import CallActorConfig
 from simulator.devstack.local_redis import LocalRedisServer
@@ -62,3 +64,17 @@ def private_actor_config(
             ray_namespace=namespace,
             **changes,
         )
+
+
+async def activate_calls(
+    config: CallActorConfig, prefix: str, calls: int, caller: str
+) -> dict[str, Any]:
+    """``calls`` call actors activated at once, for calls ``<prefix>-…`` from the phone number
+    ``caller``: by call id, each (handle, endpoint) or the exception its activation raised."""
+    ids = [f"{prefix}-{uuid.uuid4().hex[:10]}" for _ in range(calls)]
+    incoming = {"caller": {"kind": "phoneNumber", "raw_id": "4:" + caller}, "caller_id": caller}
+    activated = await asyncio.gather(
+        *(aactivate(call_id, config, incoming=incoming) for call_id in ids),
+        return_exceptions=True,
+    )
+    return dict(zip(ids, activated, strict=True))

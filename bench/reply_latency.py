@@ -24,7 +24,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,12 +33,12 @@ import httpx
 import numpy as np
 import orjson
 
-from actors.activation import aactivate, forget_actor
+from actors.activation import forget_actor
 from actors.outbound_audio import slice_frames
 from actors.sentences import SentenceSplitter
 from actors.speaker import synthesize
 from actors.stream_protocol import FrameKind, StreamConnection, open_stream
-from bench.local_ray import local_ray, private_actor_config
+from bench.local_ray import activate_calls, local_ray, private_actor_config
 from bench.results import Benchmark, BenchOptions, BenchResult, Spread, format_table, spread
 from simulator.devstack.local_redis import (
     free_port,
@@ -343,12 +342,7 @@ async def run_reply_latency(
         out.write(f"{NAME}: activating {calls} call actors (openai responder, model stand-in)\n")
         out.flush()
         begun = time.monotonic()
-        ids = [f"reply-{uuid.uuid4().hex[:10]}" for _ in range(calls)]
-        incoming = {"caller": {"kind": "phoneNumber", "raw_id": "4:" + CALLER}, "caller_id": CALLER}
-        activated = await asyncio.gather(
-            *(aactivate(call_id, config, incoming=incoming) for call_id in ids),
-            return_exceptions=True,
-        )
+        activated = await activate_calls(config, "reply", calls, CALLER)
         out.write(
             f"  activated in {time.monotonic() - begun:.1f} s; {calls} live calls, "
             f"{turns} replies each\n"
@@ -356,7 +350,7 @@ async def run_reply_latency(
         out.flush()
         jobs = []
         runs: list[CallRun] = []
-        for call_id, got in zip(ids, activated, strict=True):
+        for call_id, got in activated.items():
             if isinstance(got, BaseException):
                 runs.append(CallRun(call_id, error=f"activation: {type(got).__name__}"))
                 continue

@@ -206,6 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        # Before Ray's exit handlers run: one can end the process without flushing a piped
+        # stdout, and `rtvoice calls --json` then printed nothing.
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
+from gateway import cli
 from gateway.cli import build_parser, main
 
 
@@ -94,3 +97,19 @@ def test_drain_a_replica_reports_progress_and_its_outcome(
     assert f"replica {replica}: drained" in capsys.readouterr().out
     assert main(["drain", "--replica", replica, "--undo"]) == 0
     assert "takes new calls again" in capsys.readouterr().out
+
+
+def test_a_commands_output_is_flushed_before_the_process_tears_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class PipedStdout(io.StringIO):
+        flushed = ""
+
+        def flush(self) -> None:
+            self.flushed = self.getvalue()
+
+    out = PipedStdout()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(cli, "_calls", lambda args, settings: sys.stdout.write("{}\n") and 0)
+    assert main(["calls", "--json"]) == 0
+    assert out.flushed == "{}\n"

@@ -88,13 +88,13 @@ class PoolStore(RedisConnection):
     async def pop_spare(self, pool: str) -> str | None:
         """Take one spare (atomic: two replicas never take the same one); None when empty."""
         async with self._op("pop_spare"):
-            name: bytes | str | None = await self._client.lpop(self._spares_key(pool))  # type: ignore[assignment]
+            name: bytes | str | None = await self._client.lpop(self._spares_key(pool))
         return None if name is None else to_str(name)
 
     async def pop_newest_spare(self, pool: str) -> str | None:
         """Take the most recently queued spare (to retire it); None when empty."""
         async with self._op("pop_newest_spare"):
-            name: bytes | str | None = await self._client.rpop(self._spares_key(pool))  # type: ignore[assignment]
+            name: bytes | str | None = await self._client.rpop(self._spares_key(pool))
         return None if name is None else to_str(name)
 
     async def remove_spare(self, pool: str, actor_name: str) -> bool:

@@ -264,6 +264,7 @@ async def _drop(gw: Gateway, call_id: str, reason: str) -> None:
 
 async def callbacks(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
+    await gw.router.setups_settled()  # a burst's answers and binds go first
     try:
         nonce = await _authenticate(gw, request.headers.get("authorization"), request.query_params)
     except AuthError as exc:

@@ -247,3 +247,37 @@ async def test_heartbeat_renews_the_replica_and_outlives_redis_errors(
     finally:
         task.cancel()
     assert set(beats) == {router.replica_id}
+
+
+async def test_callbacks_wait_for_the_calls_being_set_up_here(router: AffinityRouter) -> None:
+    released = asyncio.Event()
+
+    async def set_up(call_id: str) -> None:
+        async with router.answering(call_id):
+            await released.wait()
+
+    setups = [asyncio.create_task(set_up(f"call-{n}")) for n in range(2)]
+    await asyncio.sleep(0)
+    waiting = asyncio.create_task(router.setups_settled(max_wait_s=30))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # both set-ups still hold it
+    released.set()
+    await asyncio.wait_for(waiting, 5)
+    await asyncio.gather(*setups)
+    await asyncio.wait_for(router.setups_settled(max_wait_s=30), 1)  # none: no wait at all
+
+
+async def test_a_set_up_that_never_ends_holds_callbacks_only_briefly(
+    router: AffinityRouter,
+) -> None:
+    stuck = asyncio.Event()
+
+    async def set_up() -> None:
+        async with router.answering("call-stuck"):
+            await stuck.wait()
+
+    setup = asyncio.create_task(set_up())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(router.setups_settled(max_wait_s=0.05), 5)  # returns, not raises
+    stuck.set()
+    await setup

@@ -172,8 +172,7 @@ async def _call(
     """One live call: its own Redis client and conversation, a turn about once a second."""
     call_id = f"bench-{uuid.uuid4().hex[:12]}"
     async with AsyncAzureRedisManager.from_url(url, keys) as redis_mgr:
-        cm = await ConversationManager.from_redis(call_id, redis_mgr)
-        await cm.claim_epoch()
+        cm = await ConversationManager.claimed(call_id, redis_mgr)  # as a call actor takes it
         await cm.update_context({"call_id": call_id, "caller": {"id": f"+1425558{index:04d}"}})
         await cm.persist()
         rng = random.Random(index)

@@ -199,12 +199,16 @@ class ConversationStore(RedisConnection):
         async with self._op("load_conversation"):
             return await self._read_conversation(conversation_id)
 
+    def _queue_claim(self, pipe: Any, conversation_id: str) -> None:
+        """The next epoch (two replies: the epoch, then the TTL refresh)."""
+        epoch_key = self._conv_keys(conversation_id)[2]
+        pipe.incr(epoch_key)
+        pipe.expire(epoch_key, _HISTORY_TTL)
+
     async def claim_epoch(self, conversation_id: str) -> int:
-        key = self._conv_keys(conversation_id)[2]
         async with self._op("claim_epoch"):
             pipe = self._client.pipeline(transaction=False)
-            pipe.incr(key)
-            pipe.expire(key, _HISTORY_TTL)
+            self._queue_claim(pipe, conversation_id)
             epoch, _ = await pipe.execute()
         return int(epoch)
 
@@ -212,11 +216,9 @@ class ConversationStore(RedisConnection):
         """What a conversation's new writer does first, in one round trip: read the snapshot,
         claim the next epoch, and learn whether a legacy hash waits to be migrated."""
         validate_identifier(conversation_id, "conversation id")
-        epoch_key = self._conv_keys(conversation_id)[2]
         pipe = self._client.pipeline(transaction=False)
         self._queue_read(pipe, conversation_id)  # the epoch read comes before the claim
-        pipe.incr(epoch_key)
-        pipe.expire(epoch_key, _HISTORY_TTL)
+        self._queue_claim(pipe, conversation_id)
         pipe.exists(self.keys.legacy_session_key(conversation_id))
         async with self._op("claim_conversation"):
             raw_ctx, raw_turns, raw_epoch, epoch, _, legacy = await pipe.execute()

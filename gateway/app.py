@@ -54,6 +54,7 @@ from gateway.dedupe import RecentIds
 from gateway.metrics import GatewayMetrics, RequestMetrics
 from gateway.storage_health import StorageHealth
 from gateway.stream_bridge import StreamBridge
+from gateway.websocket_protocol import direct_text
 from storage.archive_drainer import ArchiveDrainer
 from storage.errors import StorageError
 from storage.keys import validate_identifier
@@ -346,7 +347,14 @@ async def _stream(websocket: WebSocket, stream: str) -> None:
         gw.metrics.refuse(stream, "auth_state_unavailable")
         await websocket.close(status.WS_1013_TRY_AGAIN_LATER)
         return
-    bridge = StreamBridge(websocket, call_id, stream, gw.router.resolve, gw.metrics)
+    bridge = StreamBridge(
+        websocket,
+        call_id,
+        stream,
+        gw.router.resolve,
+        gw.metrics,
+        direct=direct_text(websocket.scope),
+    )
     gw.metrics.open_sockets.labels(stream=stream).inc()
     try:
         await bridge.connect()

@@ -4,6 +4,12 @@ Holds only sockets and a bounded buffer of messages that arrive while the actor 
 re-resolved (after a restart); overflow drops the oldest and counts it. Media an actor that
 stopped reading leaves queued past a bound is dropped and counted too. Never touches Redis
 per frame: the endpoint is resolved once per (re)connection.
+
+While the call is healthy (the actor connected and reading, nothing buffered, ACS reading),
+frames cross in the sockets' read callbacks through the WebSocket's direct lane
+(gateway/websocket_protocol.py), with no task woken per frame. Anything else (a reconnect, a
+backlog, a message over the limit, ACS not reading) declines the lane, and the frame and those
+behind it take the awaited path below, which decides as it always has.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from tenacity import (
 from actors.call_state import CallEnded
 from actors.stream_protocol import FrameKind, HandshakeRefused, StreamConnection, open_stream
 from gateway.metrics import GatewayMetrics
+from gateway.websocket_protocol import DirectText
 from storage.affinity import Endpoint
 
 log = logging.getLogger(__name__)
@@ -62,6 +69,7 @@ class StreamBridge:
         # How long a backlog over the limit may take to drain before the actor counts as
         # stalled: an actor briefly behind (a burst, a busy CPU) loses nothing.
         stall_s: float = 1.0,
+        direct: DirectText | None = None,  # the WebSocket's direct lane, when it has one
     ) -> None:
         self.websocket = websocket
         self.call_id = call_id
@@ -80,6 +88,9 @@ class StreamBridge:
         self._conn: StreamConnection | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self._outbound: asyncio.Task[None] | None = None
+        self._direct = direct
+        self._forwarding = False  # run() is handling a message: the lane must not overtake it
+        self._sending = False  # the outbound pump is sending a frame: likewise
         self.forwarded = 0
 
     async def connect(self, refresh: bool = False) -> None:
@@ -108,6 +119,9 @@ class StreamBridge:
         while self._pending:
             await conn.send_acs(self._pending.popleft())
         self._outbound = asyncio.create_task(self._pump_outbound(conn))
+        if self._direct is not None:
+            conn.on_acs = self._send_direct
+            self._direct.text_sink = self._take_direct
 
     async def _open(self, refresh: bool) -> StreamConnection | None:
         """One attempt: the connection, or None if the actor is not reachable (yet)."""
@@ -136,7 +150,11 @@ class StreamBridge:
                 if len(text) > self._max_message_bytes:
                     self._metrics.refuse(self.stream, "oversized")
                     continue
-                await self._forward(text)
+                self._forwarding = True
+                try:
+                    await self._forward(text)
+                finally:
+                    self._forwarding = False
         except WebSocketDisconnect:
             return status.WS_1000_NORMAL_CLOSURE
         except CallEnded:
@@ -145,6 +163,31 @@ class StreamBridge:
             return status.WS_1013_TRY_AGAIN_LATER
         finally:
             await self.close()
+
+    def _take_direct(self, payload: bytes) -> bool:
+        """ACS -> actor in the read callback, when nothing is waiting and the actor keeps up."""
+        conn = self._conn
+        if (
+            conn is None
+            or self._forwarding
+            or self._reconnecting is not None
+            or self._pending
+            or len(payload) > self._max_message_bytes
+            or (self.stream == "media" and conn.backlog_bytes > self._backlog_limit)
+            or not conn.write_acs(payload)
+        ):
+            return False
+        self._stalled = False
+        self.forwarded += 1
+        self._frames_in.inc()
+        return True
+
+    def _send_direct(self, payload: bytes) -> bool:
+        """Actor -> ACS in the read callback, when ACS is reading."""
+        if self._sending or self._direct is None or not self._direct.send_text_now(payload):
+            return False
+        self._frames_out.inc()
+        return True
 
     async def _forward(self, text: str) -> None:
         if self._reconnecting is not None:
@@ -217,15 +260,20 @@ class StreamBridge:
                 break
             if frame.kind is not FrameKind.ACS:
                 continue
+            self._sending = True
             try:
                 await self.websocket.send_text(frame.text())
             except (RuntimeError, WebSocketDisconnect, ConnectionError):
                 return  # ACS side closed; run() ends the bridge
+            finally:
+                self._sending = False
             self._frames_out.inc()
         if conn is self._conn:  # the actor went away under us: reconnect to its successor
             self._start_reconnect()
 
     async def close(self) -> None:
+        if self._direct is not None:
+            self._direct.text_sink = None
         for task in (self._reconnecting, self._outbound):
             if task is None:
                 continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -57,6 +57,34 @@ class FakeWebSocket:
 
     async def close(self, code: int = NORMAL_CLOSURE, reason: str | None = None) -> None:
         self.closed.append(code)
+
+
+class LaneWebSocket(FakeWebSocket):
+    """A FakeWebSocket with the direct lane (gateway/websocket_protocol.py DirectText): a text
+    goes to ``text_sink`` when it takes it and nothing waits in ``inbound``, as the protocol
+    decides; ``send_text_now`` sends while ``writable``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text_sink: Callable[[bytes], bool] | None = None
+        self.writable = True
+        self.taken = 0
+        self.sent_now = 0
+
+    def text(self, *texts: str) -> None:
+        for text in texts:
+            sink = self.text_sink
+            if sink is not None and self.inbound.empty() and sink(text.encode()):
+                self.taken += 1
+            else:
+                super().text(text)
+
+    def send_text_now(self, payload: bytes) -> bool:
+        if not self.writable or self.closed:
+            return False
+        self.sent.append(payload.decode())
+        self.sent_now += 1
+        return True
 
 
 class Resolver:
@@ -345,3 +373,36 @@ async def test_a_stalled_actors_media_is_dropped_at_once_until_it_reads_again(
     assert not await bridge._backlog_drains(cast(Any, stalled))  # no second wait
     assert stalled.looks == looks + 1
     assert await bridge._backlog_drains(cast(Any, Backlog(0)))  # reading again
+
+
+async def test_the_direct_lane_carries_both_ways_and_is_declined_while_the_actor_is_away(
+    call_id: str, metrics: GatewayMetrics, actors: list[Actor]
+) -> None:
+    first, second = actors
+    ws, resolver = LaneWebSocket(), Resolver(first.endpoint)
+    bridge = make_bridge(ws, call_id, resolver, metrics, direct=ws)
+    async with running(bridge):
+        ws.text("f0", "f1")
+        await eventually(lambda: first.texts() == ["f0", "f1"], 10)
+        assert ws.taken == 2
+        actor_end = first.handler.open[0]
+        assert await actor_end.send_acs("out0")
+        await eventually(lambda: ws.sent == ["out0"], 10)
+        ws.writable = False  # ACS is not reading: the awaited send takes it, in order
+        assert await actor_end.send_acs("out1")
+        await eventually(lambda: ws.sent == ["out0", "out1"], 10)
+        assert ws.sent_now == 1
+        ws.writable = True
+
+        await go_away_and_hold(first, resolver, second)
+        ws.text("f2", "f3")  # declined: buffered for the successor
+        await eventually(ws.drained, 10)
+        resolver.release()
+        await eventually(lambda: second.texts() == ["f2", "f3"], 10)
+        ws.text("f4", "f5", "f6")
+        await eventually(lambda: second.texts() == ["f2", "f3", "f4", "f5", "f6"], 10)
+        ws.text("f7")  # the reconnect is over: the lane again
+        await eventually(lambda: second.texts()[-1:] == ["f7"], 10)
+        assert ws.taken == 3
+    assert counter(metrics, "frames", stream=STREAM, direction="out") == 2
+    assert ws.text_sink is None  # the bridge let go of the lane when it ended

@@ -13,6 +13,7 @@ from actors.stream_protocol import (
     BadFrame,
     Frame,
     FrameKind,
+    FrameParser,
     FrameTooLarge,
     HandshakeRefused,
     ServerConnection,
@@ -73,6 +74,27 @@ async def test_bad_frames() -> None:
             await _read_all(bad)
     with pytest.raises(BadFrame):
         Frame(FrameKind.CONTROL, b"not json").control()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 20])
+def test_parser_roundtrip_in_arbitrary_chunks(chunk: int) -> None:
+    data = b"".join(encode_frame(FrameKind.ACS, f"msg{i}".encode()) for i in range(50))
+    data += encode_control({"op": "ping"})
+    parser = FrameParser(max_frame_bytes=1024)
+    frames = [f for i in range(0, len(data), chunk) for f in parser.feed(data[i : i + chunk])]
+    assert [f.text() for f in frames[:-1]] == [f"msg{i}" for i in range(50)]
+    assert frames[-1].control() == {"op": "ping"}
+    assert not parser.partial
+
+
+def test_parser_refuses_what_read_frame_refuses() -> None:
+    with pytest.raises(FrameTooLarge):  # before the body arrives
+        FrameParser(max_frame_bytes=100).feed((101).to_bytes(4, "big"))
+    for bad in (b"\x00\x00\x00\x00", b"\x00\x00\x00\x02\x09x"):  # empty, unknown kind
+        with pytest.raises(BadFrame):
+            FrameParser().feed(bad)
+    parser = FrameParser()
+    assert parser.feed(b"\x00\x00\x00\x05\x01x") == [] and parser.partial
 
 
 async def test_hello() -> None:
@@ -175,6 +197,33 @@ async def test_handshake_messages_and_outbound() -> None:
         await again.send_acs("still here")
         await eventually(lambda: handler.messages[-1] == ("transcription", b"still here"))
         await again.close()
+
+
+async def test_outbound_frames_go_to_on_acs_and_stay_in_order_when_it_declines() -> None:
+    handler = Recorder()
+    async with serving(handler, call_id="c1", token="t") as port:
+        conn = await open_stream("127.0.0.1", port, "t", "c1", "media")
+        taken: list[bytes] = []
+        declined: list[bytes] = []
+
+        def take(payload: bytes) -> bool:
+            if payload == b"b0":  # e.g. ACS not writable: left to recv
+                declined.append(payload)
+                return False
+            taken.append(payload)
+            return True
+
+        conn.on_acs = take
+        actor = handler.open[0]
+        for text in ("a0", "a1", "b0", "b1", "b2"):
+            assert await actor.send_acs(text)
+        await eventually(lambda: len(taken) == 2 and len(declined) == 1)
+        await asyncio.sleep(0.1)  # b1 and b2 arrive behind b0: recv has them, not on_acs
+        received = [await conn.recv() for _ in range(3)]
+        assert [f.text() for f in received if f is not None] == ["b0", "b1", "b2"]
+        assert await actor.send_acs("c0")  # nothing waits any more: on_acs again
+        await eventually(lambda: taken == [b"a0", b"a1", b"c0"])
+        await conn.close()
 
 
 async def test_garbage_hello_is_refused() -> None:

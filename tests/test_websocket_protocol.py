@@ -1,5 +1,6 @@
 """The gateway's WebSocket protocol reads ahead of the app: no pause per message, yet a stalled
-app still stops the reading at a bound, and nothing is lost or reordered."""
+app still stops the reading at a bound, and nothing is lost or reordered. Its direct lane takes
+text in the read callback and writes text back, and what it declines reaches the app in order."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 
 from gateway.embedded_server import EmbeddedServer
-from gateway.websocket_protocol import MAX_QUEUED, ReadAheadWebSocketProtocol
+from gateway.websocket_protocol import (
+    MAX_QUEUED,
+    DirectText,
+    ReadAheadWebSocketProtocol,
+    direct_text,
+    text_frame,
+)
 from simulator.devstack.local_redis import free_port
 from tests.helpers import eventually
 
@@ -43,17 +50,35 @@ class CountingProtocol(ReadAheadWebSocketProtocol):
 
 
 class Reader:
+    """The app: reads ``expect`` messages once ``go`` is set; with ``lane``, the direct lane
+    takes what it accepts first (into the same ``received``)."""
+
     def __init__(self) -> None:
         self.go = asyncio.Event()
         self.expect = MESSAGES
         self.received: list[str] = []
+        self.lane: tuple[DirectText, ...] = ()
+        self.accept: Any = None  # payload -> bool, for the lane
 
     async def endpoint(self, websocket: WebSocket) -> None:
         await websocket.accept()
+        if self.accept is not None:
+            lane = direct_text(websocket.scope)
+            assert lane is not None
+            self.lane = (lane,)
+            lane.text_sink = self._take
         await self.go.wait()
         for _ in range(self.expect):
             self.received.append(await websocket.receive_text())
         await websocket.close()
+
+
+    def _take(self, payload: bytes) -> bool:
+        if not self.accept(payload):
+            return False
+        self.received.append(payload.decode())
+        self.expect -= 1
+        return True
 
 
 @pytest.fixture
@@ -113,3 +138,40 @@ async def test_a_stalled_app_pauses_reading_at_the_bound_and_loses_nothing(
 async def _send_all(ws: Any, messages: list[str]) -> None:
     for message in messages:
         await ws.send(message)
+
+
+def test_text_frame_lengths() -> None:
+    assert text_frame(b"") == b"\x81\x00"
+    assert text_frame(b"x" * 125)[:2] == b"\x81\x7d"
+    assert text_frame(b"x" * 126)[:4] == b"\x81\x7e\x00\x7e"
+    assert text_frame(b"x" * 65536)[:10] == b"\x81\x7f" + (65536).to_bytes(8, "big")
+
+
+async def test_the_direct_lane_takes_text_and_what_it_declines_reaches_the_app_in_order(
+    served: tuple[str, Reader],
+) -> None:
+    url, reader = served
+    declined = {f for i, f in enumerate(frames()) if i % 50 in (10, 11, 30)}
+    reader.accept = lambda payload: payload.decode() not in declined
+    reader.go.set()
+    async with connect(url) as ws:
+        await _send_all(ws, frames())  # back to back: some arrive behind a declined one
+        await eventually(lambda: len(reader.received) == MESSAGES)
+        (lane,) = reader.lane
+        assert lane.send_text_now(b'{"kind":"AudioData"}')
+        assert await asyncio.wait_for(ws.recv(), 5) == '{"kind":"AudioData"}'
+    assert reader.received == frames()
+    assert not lane.send_text_now(b"{}")  # the socket is closed
+
+
+async def test_invalid_utf8_is_left_to_uvicorn_which_closes_1007(
+    served: tuple[str, Reader],
+) -> None:
+    url, reader = served
+    reader.accept = lambda payload: True
+    reader.go.set()
+    async with connect(url) as ws:
+        await ws.send(b"\xff\xfe", text=True)
+        await asyncio.wait_for(ws.wait_closed(), 5)
+    assert ws.close_code == 1007
+    assert reader.received == []

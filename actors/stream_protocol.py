@@ -113,37 +113,11 @@ def parse_hello(frame: Frame) -> Hello:
     return Hello(token=str(token), stream=str(stream), call_id=str(call_id))
 
 
-async def read_frame(
-    reader: asyncio.StreamReader, max_frame_bytes: int = MAX_FRAME_BYTES
-) -> Frame | None:
-    """One frame from ``reader``; None on a clean EOF between frames."""
-    try:
-        header = await reader.readexactly(HEADER.size)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise BadFrame("truncated header") from None
-        return None
-    (length,) = HEADER.unpack(header)
-    if length > max_frame_bytes:
-        raise FrameTooLarge(f"frame of {length} bytes exceeds {max_frame_bytes}")
-    if length == 0:
-        raise BadFrame("empty frame")
-    try:
-        body = await reader.readexactly(length)
-    except asyncio.IncompleteReadError:
-        raise BadFrame("truncated frame") from None
-    try:
-        kind = FrameKind(body[0])
-    except ValueError:
-        raise BadFrame(f"unknown frame type {body[0]:#x}") from None
-    return Frame(kind, body[1:])
-
-
 class FrameParser:
     """Incremental framing: bytes as they arrive in, whole frames out (pure).
 
-    Raises FrameTooLarge or BadFrame as ``read_frame`` does; after that the stream cannot be
-    resynchronised and the connection must be closed.
+    Raises FrameTooLarge or BadFrame; after that the stream cannot be resynchronised and the
+    connection must be closed.
     """
 
     def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
@@ -179,33 +153,32 @@ class FrameParser:
         return frames
 
 
-# The call actor's end: an asyncio TCP server, the token handshake, one frame loop per connection.
+# The call actor's end: an asyncio TCP server, the token handshake, frames handed to the
+# handler from the connection's read callback (no task woken per frame).
 
 
 class ServerConnection:
     """The actor's end of one gateway connection, for one stream of one call."""
 
-    def __init__(self, stream: str, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, stream: str, link: _ServerLink) -> None:
         self.stream = stream
-        self._writer = writer
+        self._link = link
 
     @property
     def open(self) -> bool:
-        return not self._writer.is_closing()
+        return not self._link.transport.is_closing()
 
     async def send_acs(self, text: str) -> bool:
         """Write one outbound ACS message; False if the connection is gone."""
-        if self._writer.is_closing():
+        link = self._link
+        if link.transport.is_closing():
             return False
-        try:
-            self._writer.write(encode_frame(FrameKind.ACS, text.encode("utf-8")))
-            await self._writer.drain()
-        except (ConnectionError, OSError):
-            return False
-        return True
+        link.transport.write(encode_frame(FrameKind.ACS, text.encode("utf-8")))
+        await link.writable.wait()
+        return not link.lost.done()
 
     def close(self) -> None:
-        self._writer.close()
+        self._link.transport.close()
 
 
 class StreamHandler(Protocol):
@@ -221,6 +194,92 @@ class StreamHandler(Protocol):
     def on_refused(self, reason: str) -> None: ...
 
 
+class _ServerLink(asyncio.Protocol):
+    """One gateway connection on the actor's endpoint: the hello first, then ACS frames."""
+
+    def __init__(self, server: StreamServer) -> None:
+        self._server = server
+        self._parser = FrameParser(server.max_frame_bytes)
+        self.transport: asyncio.Transport = cast(asyncio.Transport, None)
+        self.conn: ServerConnection | None = None  # set once the hello is accepted
+        loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self._timer = loop.call_later(server.handshake_timeout_s, self._refuse, "handshake_timeout")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self._server.links.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._parser.feed(data)
+        except ProtocolViolation as exc:
+            self._violation(exc.reason)
+            return
+        handler = self._server.handler
+        for frame in frames:
+            if self.transport.is_closing():
+                return
+            if self.conn is None:
+                self._hello(frame)
+            elif frame.kind is FrameKind.ACS:
+                handler.on_message(self.conn, frame.payload)
+
+    def _hello(self, frame: Frame) -> None:
+        server = self._server
+        self._timer.cancel()
+        try:
+            hello = parse_hello(frame)
+        except ProtocolViolation:
+            self._refuse("bad_hello")
+            return
+        if not hmac.compare_digest(hello.token.encode(), server.token.encode()):
+            self._refuse("bad_token")
+        elif hello.call_id != server.call_id:
+            self._refuse("bad_call")
+        elif len(server.connections) >= server.max_connections:
+            self._refuse("busy")
+        else:
+            self.transport.write(encode_control({"op": "ready", "epoch": server.handler.epoch}))
+            self.conn = ServerConnection(hello.stream, self)
+            server.opened(self.conn)
+
+    def _violation(self, reason: str) -> None:
+        # The stream cannot be resynchronised after a bad length: drop this connection.
+        if self.conn is None:
+            self._refuse("bad_hello")
+        else:
+            self._server.handler.on_refused(reason)
+            self.transport.close()
+
+    def _refuse(self, code: str) -> None:
+        self._server.handler.on_refused(code)
+        if not self.transport.is_closing():
+            self.transport.write(encode_control({"op": "error", "code": code}))
+            self.transport.close()  # after the error frame is written
+
+    def eof_received(self) -> bool:
+        if self._parser.partial:
+            self._violation(BadFrame.reason)  # a frame cut short
+        return False  # the gateway is done: close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()
+        self.writable.set()
+        self._server.links.discard(self)
+        if self.conn is not None:
+            self._server.closed(self.conn)
+        self.lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+
 class StreamServer:
     def __init__(
         self,
@@ -234,16 +293,16 @@ class StreamServer:
         handshake_timeout_s: float = 5.0,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
-        self._handler = handler
+        self.handler = handler
         self.call_id = call_id
-        self._token = token
+        self.token = token
         self.host = host
         self.port = port
         self.max_frame_bytes = max_frame_bytes
         self.handshake_timeout_s = handshake_timeout_s
         self.max_connections = max_connections
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.links: set[_ServerLink] = set()
         self.connections: set[ServerConnection] = set()
         self._idle = asyncio.Event()  # set while no gateway connection is open
         self._idle.set()
@@ -254,92 +313,37 @@ class StreamServer:
 
     async def start(self) -> int:
         """Listen; returns the bound port (an ephemeral one when ``port`` was 0)."""
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _ServerLink(self), self.host, self.port)
         for sock in self._server.sockets:  # accepted connections inherit it
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port
 
+    def opened(self, conn: ServerConnection) -> None:
+        self.connections.add(conn)
+        self._idle.clear()
+        self.handler.on_open(conn)
+
+    def closed(self, conn: ServerConnection) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            self._idle.set()
+        self.handler.on_close(conn)
+
     async def close(self) -> None:
+        """Stop listening and close every connection; returns once each is gone (on_close)."""
         if self._server is not None:
             self._server.close()
-        for conn in list(self.connections):
-            conn.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        links = list(self.links)
+        for link in links:
+            link.transport.close()
+        if links:
+            await asyncio.wait([link.lost for link in links], timeout=2.0)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
-
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _refuse(self, writer: asyncio.StreamWriter, code: str) -> None:
-        self._handler.on_refused(code)
-        with contextlib.suppress(ConnectionError, OSError):
-            writer.write(encode_control({"op": "error", "code": code}))
-            await writer.drain()
-        writer.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            try:
-                first = await asyncio.wait_for(
-                    read_frame(reader, self.max_frame_bytes), self.handshake_timeout_s
-                )
-                if first is None:
-                    writer.close()
-                    return
-                hello = parse_hello(first)
-            except TimeoutError:
-                await self._refuse(writer, "handshake_timeout")
-                return
-            except ProtocolViolation:
-                await self._refuse(writer, "bad_hello")
-                return
-            if not hmac.compare_digest(hello.token.encode(), self._token.encode()):
-                await self._refuse(writer, "bad_token")
-                return
-            if hello.call_id != self.call_id:
-                await self._refuse(writer, "bad_call")
-                return
-            if len(self.connections) >= self.max_connections:
-                await self._refuse(writer, "busy")
-                return
-            writer.write(encode_control({"op": "ready", "epoch": self._handler.epoch}))
-            await writer.drain()
-            conn = ServerConnection(hello.stream, writer)
-            self.connections.add(conn)
-            self._idle.clear()
-            self._handler.on_open(conn)
-            try:
-                await self._loop(reader, conn)
-            finally:
-                self.connections.discard(conn)
-                if not self.connections:
-                    self._idle.set()
-                conn.close()
-                self._handler.on_close(conn)
-        except (ConnectionError, OSError):
-            writer.close()
-
-    async def _loop(self, reader: asyncio.StreamReader, conn: ServerConnection) -> None:
-        while True:
-            try:
-                frame = await read_frame(reader, self.max_frame_bytes)
-            except ProtocolViolation as exc:
-                # The stream cannot be resynchronised after a bad length: drop this connection.
-                self._handler.on_refused(exc.reason)
-                return
-            if frame is None:
-                return
-            if frame.kind is FrameKind.ACS:
-                self._handler.on_message(conn, frame.payload)
 
 
 # The gateway's end: a transport protocol, so a frame can be handed on from the event loop's

@@ -7,7 +7,6 @@ that reason as a metric label, so the set of labels must stay closed.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import itertools
 from typing import Any
@@ -327,34 +326,20 @@ _streams = st.lists(_frames, max_size=4).map(b"".join) | st.binary(max_size=256)
 _streams = _streams | _streams.flatmap(damaged)
 
 
-async def _read_all(data: bytes, cuts: list[int], max_frame_bytes: int) -> list[Frame]:
-    """Frames read from a stream that delivers ``data`` in pieces, then EOF."""
-    reader = asyncio.StreamReader()
-
-    async def feed() -> None:
-        bounds = [0, *sorted(min(cut, len(data)) for cut in cuts), len(data)]
-        for start, end in itertools.pairwise(bounds):
-            reader.feed_data(data[start:end])
-            await asyncio.sleep(0)  # let the reader wake on a partial frame
-        reader.feed_eof()
-
-    feeder = asyncio.create_task(feed())
-    frames: list[Frame] = []
-    try:
-        while (frame := await stream_protocol.read_frame(reader, max_frame_bytes)) is not None:
-            frames.append(frame)
-    finally:
-        await feeder
-    return frames
+def _read_all(data: bytes, cuts: list[int], max_frame_bytes: int) -> list[Frame]:
+    """Frames parsed from a stream that delivers ``data`` in pieces."""
+    parser = stream_protocol.FrameParser(max_frame_bytes)
+    bounds = [0, *sorted(min(cut, len(data)) for cut in cuts), len(data)]
+    return [f for start, end in itertools.pairwise(bounds) for f in parser.feed(data[start:end])]
 
 
 @PROPERTY
 @given(_streams, st.lists(st.integers(0, 300), max_size=4), st.integers(1, 128))
-def test_read_frame_yields_bounded_frames_or_a_known_violation(
+def test_frame_parser_yields_bounded_frames_or_a_known_violation(
     data: bytes, cuts: list[int], max_frame_bytes: int
 ) -> None:
     try:
-        frames = asyncio.run(_read_all(data, cuts, max_frame_bytes))
+        frames = _read_all(data, cuts, max_frame_bytes)
     except ProtocolViolation as exc:
         assert exc.reason in PROTOCOL_REASONS
         return

@@ -39,7 +39,7 @@ from actors.outbound_audio import Pacer
 from actors.replies import Replies
 from actors.responder import Responder, make_responder
 from actors.speaker import AcsPlaySpeaker, PcmSpeaker, Speaker
-from actors.stream_protocol import StreamServer
+from actors.stream_server import StreamServer
 from storage.affinity import Endpoint
 from storage.archive import ArchiveStore, open_archive
 from storage.archiver import Archiver, process_spool_path

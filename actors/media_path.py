@@ -32,7 +32,7 @@ from actors.config import FRAME_MS, CallActorConfig
 from actors.metrics import LiveMetrics, frame_latency_s
 from actors.outbound_audio import OutboundQueue
 from actors.speaker import Speaker
-from actors.stream_protocol import ServerConnection
+from actors.stream_server import ServerConnection
 
 log = logging.getLogger(__name__)
 

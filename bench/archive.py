@@ -29,7 +29,7 @@ import orjson
 
 from actors.activation import forget_actor
 from actors.config import CallActorConfig
-from actors.stream_protocol import open_stream
+from actors.stream_client import open_stream
 from bench.local_ray import activate_calls, local_ray, private_actor_config
 from bench.results import Benchmark, BenchOptions, BenchResult, Spread, format_table, spread
 from simulator.devstack.local_redis import (

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import ray
 
 from actors.activation import forget_actor
-from actors.stream_protocol import StreamConnection, open_stream
+from actors.stream_client import StreamConnection, open_stream
 from bench.bare_actor import BareActor
 from bench.local_ray import activate_calls, local_ray, private_actor_config
 from bench.proc_stats import cpu_percent, private_kib, proc_cpu_s

@@ -37,7 +37,8 @@ from actors.activation import forget_actor
 from actors.outbound_audio import slice_frames
 from actors.sentences import SentenceSplitter
 from actors.speaker import synthesize
-from actors.stream_protocol import FrameKind, StreamConnection, open_stream
+from actors.stream_client import StreamConnection, open_stream
+from actors.stream_protocol import FrameKind
 from bench.local_ray import activate_calls, local_ray, private_actor_config
 from bench.results import Benchmark, BenchOptions, BenchResult, Spread, format_table, spread
 from simulator.devstack.local_redis import (

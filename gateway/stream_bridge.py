@@ -33,7 +33,8 @@ from tenacity import (
 )
 
 from actors.call_state import CallEnded
-from actors.stream_protocol import FrameKind, HandshakeRefused, StreamConnection, open_stream
+from actors.stream_client import StreamConnection, open_stream
+from actors.stream_protocol import FrameKind, HandshakeRefused
 from gateway.metrics import GatewayMetrics
 from gateway.websocket_protocol import DirectText
 from storage.affinity import Endpoint

@@ -5,14 +5,15 @@ each other). Fixtures live in ``conftest.py``; server helpers in ``servers.py`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from actors.stream_protocol import ServerConnection
+from actors.stream_server import ServerConnection, StreamServer
 from simulator.service import AcsStandIn
 from storage.archive import open_archive
 from storage.settings import Settings
@@ -124,3 +125,14 @@ async def archived_transcript(
         await eventually(written, timeout=timeout)
     assert doc is not None
     return doc
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Any, **options: Any) -> AsyncIterator[int]:
+    """A StreamServer for ``handler`` on a free loopback port; yields the port."""
+    server = StreamServer(handler, **options)
+    port = await server.start()
+    try:
+        yield port
+    finally:
+        await server.close()

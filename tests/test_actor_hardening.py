@@ -16,7 +16,7 @@ import pytest
 from actors.acs_media import MAX_TRANSCRIPT_CHARS
 from actors.call_actor import CallActor
 from actors.config import CallActorConfig
-from actors.stream_protocol import ServerConnection
+from actors.stream_server import ServerConnection
 from storage.settings import Settings
 from storage.sqlite_archive import SqliteArchive
 from tests.helpers import eventually

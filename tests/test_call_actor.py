@@ -20,13 +20,8 @@ from actors.activation import aget_or_activate, get_call_actor
 from actors.call_state import CallEnded
 from actors.cluster import list_call_actors
 from actors.config import CallActorConfig
-from actors.stream_protocol import (
-    FrameKind,
-    HandshakeRefused,
-    StreamConnection,
-    encode_frame,
-    open_stream,
-)
+from actors.stream_client import StreamConnection, open_stream
+from actors.stream_protocol import FrameKind, HandshakeRefused, encode_frame
 from simulator.devstack.local_redis import LocalRedisServer
 from storage.affinity import Endpoint
 from storage.errors import StaleEpochError

@@ -18,7 +18,7 @@ import ray
 
 from actors.activation import aget_or_activate, get_call_actor
 from actors.config import CallActorConfig
-from actors.stream_protocol import open_stream
+from actors.stream_client import open_stream
 from simulator.wire import transcription_data
 from storage.archive_drainer import ArchiveDrainer
 from storage.archiver import Archiver, Destination

@@ -15,7 +15,7 @@ from actors.acs_media import TranscriptionData
 from actors.config import CallActorConfig
 from actors.media_path import BARGE_IN_FRAMES, MediaPath
 from actors.metrics import LiveMetrics
-from actors.stream_protocol import ServerConnection
+from actors.stream_server import ServerConnection
 from storage.settings import Settings
 
 CALLER = "4:+14255550123"

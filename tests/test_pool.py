@@ -19,7 +19,7 @@ import ray
 from actors.activation import SPARE_PREFIX, get_call_actor
 from actors.config import CallActorConfig
 from actors.pool import WarmPool, pool_target
-from actors.stream_protocol import open_stream
+from actors.stream_client import open_stream
 from storage.redis_manager import AsyncAzureRedisManager
 from tests.helpers import eventually
 

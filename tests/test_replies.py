@@ -26,7 +26,7 @@ from actors.outbound_audio import OutboundQueue
 from actors.replies import FALLBACKS, Replies
 from actors.responder import EchoResponder, Responder
 from actors.speaker import PcmSpeaker
-from actors.stream_protocol import ServerConnection
+from actors.stream_server import ServerConnection
 from simulator.llm_api import LlmStandIn, ScriptedReply
 from storage.conversation import Turn
 from storage.redis_manager import AsyncAzureRedisManager

@@ -12,7 +12,7 @@ import pytest
 from starlette.websockets import WebSocket
 
 from actors.call_state import CallEnded
-from actors.stream_protocol import StreamServer
+from actors.stream_server import StreamServer
 from gateway.metrics import GatewayMetrics
 from gateway.stream_bridge import ActorUnavailable, StreamBridge
 from storage.affinity import Endpoint

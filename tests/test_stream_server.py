@@ -1,0 +1,51 @@
+"""The actor's end (StreamServer), driven by the gateway's (open_stream) and by raw sockets:
+the handshake, refusals, frames to the handler, a violation closing only its connection."""
+
+import asyncio
+
+import pytest
+
+from actors.stream_client import open_stream
+from actors.stream_protocol import FrameKind, HandshakeRefused, encode_frame
+from tests.helpers import Recorder, eventually, serving
+
+
+async def test_handshake_messages_and_outbound() -> None:
+    handler = Recorder()
+    async with serving(handler, call_id="c1", token="secret", max_frame_bytes=1024) as port:
+        conn = await open_stream("127.0.0.1", port, "secret", "c1", "media")
+        assert conn.epoch == 7
+        for i in range(3):
+            await conn.send_acs(f"m{i}")
+        await eventually(lambda: len(handler.messages) == 3)
+        assert handler.messages == [("media", b"m0"), ("media", b"m1"), ("media", b"m2")]
+        assert await handler.open[0].send_acs("out")
+        frame = await conn.recv()
+        assert frame is not None and frame.kind is FrameKind.ACS and frame.text() == "out"
+
+        for token, call_id, code in (("nope", "c1", "bad_token"), ("secret", "c2", "bad_call")):
+            with pytest.raises(HandshakeRefused) as info:
+                await open_stream("127.0.0.1", port, token, call_id, "media")
+            assert info.value.code == code
+
+        await conn.send_raw(encode_frame(FrameKind.ACS, b"x" * 2000))  # over the frame limit
+        assert await conn.recv() is None
+        await eventually(lambda: not handler.open)
+        assert handler.refused == ["bad_token", "bad_call", "oversized_frame"]
+        again = await open_stream("127.0.0.1", port, "secret", "c1", "transcription")
+        await again.send_acs("still here")
+        await eventually(lambda: handler.messages[-1] == ("transcription", b"still here"))
+        await again.close()
+
+
+async def test_garbage_hello_is_refused() -> None:
+    handler = Recorder()
+    async with serving(handler, call_id="c1", token="t", handshake_timeout_s=0.5) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(encode_frame(FrameKind.ACS, b"{}"))
+        await writer.drain()
+        assert await reader.read() != b""  # the error frame, then EOF
+        _, silent = await asyncio.open_connection("127.0.0.1", port)
+        await eventually(lambda: "handshake_timeout" in handler.refused)
+        silent.close()
+        assert handler.refused[0] == "bad_hello"

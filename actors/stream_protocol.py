@@ -33,6 +33,10 @@ class FrameKind(IntEnum):
     CONTROL = 0x02
 
 
+# Looked up per frame: a dict, not an enum call.
+_KINDS: Final[dict[int, FrameKind]] = {kind.value: kind for kind in FrameKind}
+
+
 class ProtocolViolation(Exception):
     """The byte stream breaks the framing; the connection must be closed. ``reason`` is loggable."""
 
@@ -124,12 +128,14 @@ class FrameParser:
         return bool(self._buffer)
 
     def feed(self, data: bytes) -> list[Frame]:
-        buffer = self._buffer
-        buffer += data
+        if self._buffer:  # the rest of a frame cut short by the last read
+            self._buffer += data
+            data = bytes(self._buffer)
+            self._buffer.clear()
         frames: list[Frame] = []
-        start, size = 0, len(buffer)
+        start, size = 0, len(data)
         while size - start >= HEADER.size:
-            (length,) = HEADER.unpack_from(buffer, start)
+            (length,) = HEADER.unpack_from(data, start)
             if length > self._max_frame_bytes:
                 raise FrameTooLarge(f"frame of {length} bytes exceeds {self._max_frame_bytes}")
             if length == 0:
@@ -137,11 +143,11 @@ class FrameParser:
             end = start + HEADER.size + length
             if end > size:
                 break
-            try:
-                kind = FrameKind(buffer[start + HEADER.size])
-            except ValueError:
-                raise BadFrame(f"unknown frame type {buffer[start + HEADER.size]:#x}") from None
-            frames.append(Frame(kind, bytes(buffer[start + HEADER.size + 1 : end])))
+            kind = _KINDS.get(data[start + HEADER.size])
+            if kind is None:
+                raise BadFrame(f"unknown frame type {data[start + HEADER.size]:#x}")
+            frames.append(Frame(kind, data[start + HEADER.size + 1 : end]))
             start = end
-        del buffer[:start]
+        if start < size:
+            self._buffer += data[start:]
         return frames

@@ -24,15 +24,21 @@ from typing import Any, TextIO
 
 import orjson
 
-from actors.pool import LIVE_TASK_PREFIX
-from bench.gateway_stack import ExternalAcs, GatewayStack, gateway_stack, load_generator_command
+from bench.cpu_groups import CALL_ACTORS, GATEWAY, OTHER, STAND_IN, GroupCpu
+from bench.gateway_stack import (
+    ExternalAcs,
+    GatewayStack,
+    archived_transcripts,
+    gateway_stack,
+    load_generator_command,
+)
 from bench.local_ray import local_ray
-from bench.proc_stats import all_cpu_s, command_line
+from bench.proc_stats import all_cpu_s
 from bench.results import Benchmark, BenchOptions, BenchResult, Spread, format_table, spread
 from gateway.app import Gateway
 from gateway.metrics import GatewayMetrics
 from simulator import CallerScript, CallReport, Scenario, ScriptLine
-from storage.archive import ArchiveStore, open_archive
+from storage.archive import open_archive
 from storage.settings import Settings
 
 NAME = "call_setup"
@@ -72,11 +78,6 @@ DEFINITIONS = {
     ),
 }
 
-# Who spent a burst's CPU (BurstCpu.cpu_s).
-GATEWAY = "gateway"
-CALL_ACTORS = "call actors"
-STAND_IN = "ACS stand-in and callers"
-OTHER = "Ray, Redis, other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,56 +119,6 @@ def burst_scenario(calls: int) -> Scenario:
         for i in range(calls)
     ]
     return Scenario(calls=calls, callers=callers, stagger_s=0.0, validate_subscription=False)
-
-
-def process_group(pid: int, gateway_pid: int, command: str) -> str:
-    if pid == gateway_pid:
-        return GATEWAY
-    # Ray titles a worker's process by what it runs: the actor class, one of its methods, or
-    # the task named for a call while the call lives (actors/pool.py live_task_name).
-    if command.startswith(("ray::CallActor", f"ray::{LIVE_TASK_PREFIX}")):
-        return CALL_ACTORS
-    if "simulator.cli" in command:
-        return STAND_IN
-    return OTHER
-
-
-@dataclass(slots=True)
-class BurstCpu:
-    """The CPU every process spent while a burst was set up, by group."""
-
-    seconds: float  # first IncomingCall -> last call's actor ready
-    cpu_s: dict[str, float]
-
-    @classmethod
-    def between(
-        cls,
-        before: dict[int, float],
-        after: dict[int, float],
-        seconds: float,
-        gateway_pid: int,
-        command: Callable[[int], str] = command_line,
-    ) -> BurstCpu:
-        """From two ``all_cpu_s`` readings; a process started in between counts whole."""
-        cpu_s = dict.fromkeys((GATEWAY, CALL_ACTORS, STAND_IN, OTHER), 0.0)
-        for pid, now in after.items():
-            if (spent := now - before.get(pid, 0.0)) > 0:
-                cpu_s[process_group(pid, gateway_pid, command(pid))] += spent
-        return cls(seconds, cpu_s)
-
-    @property
-    def cores_busy(self) -> float:
-        return sum(self.cpu_s.values()) / self.seconds if self.seconds > 0 else 0.0
-
-    def per_call_ms(self, calls: int) -> dict[str, float]:
-        return {group: 1000.0 * cpu / calls for group, cpu in self.cpu_s.items()}
-
-    def to_json(self, calls: int) -> dict[str, Any]:
-        return {
-            "window_s": round(self.seconds, 3),
-            "cores_busy": round(self.cores_busy, 2),
-            "per_call_ms": {k: round(v, 1) for k, v in self.per_call_ms(calls).items()},
-        }
 
 
 @dataclass(slots=True)
@@ -253,7 +204,7 @@ class ModeResult:
     spares: int | None = None  # spares in the pool when the calls were placed (warm runs)
     warm_s: float | None = None  # how long the pool took to hold them
     cold_starts: int | None = None  # calls the gateway's pool gave a cold actor (if it counts)
-    burst_cpu: BurstCpu | None = None
+    burst_cpu: GroupCpu | None = None
     wall_s: float = 0.0
 
     @property
@@ -401,19 +352,6 @@ async def wait_for_spares(
     return have
 
 
-async def _archived(store: ArchiveStore, call_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The transcripts of ``call_ids`` by call id, waiting a while for actors still archiving."""
-    found: dict[str, dict[str, Any]] = {}
-    deadline = time.monotonic() + ARCHIVE_WAIT_S
-    while len(found) < len(call_ids) and time.monotonic() < deadline:
-        for call_id in call_ids:
-            if call_id not in found and (doc := await store.get_transcript(call_id)):
-                found[call_id] = doc
-        if len(found) < len(call_ids):
-            await asyncio.sleep(0.25)
-    return found
-
-
 def _say(out: TextIO, text: str) -> None:
     out.write(text + "\n")
     out.flush()
@@ -430,7 +368,7 @@ async def _progress(out: TextIO, mode: Mode, metrics: GatewayMetrics, calls: int
         )
 
 
-async def _watch_burst_cpu(gw: Gateway, calls: int) -> BurstCpu:
+async def _watch_burst_cpu(gw: Gateway, calls: int) -> GroupCpu:
     """The machine's CPU from the gateway's first IncomingCall to its ``calls``-th set-up."""
     while not gw.answered:
         await asyncio.sleep(BURST_POLL_S)
@@ -438,10 +376,10 @@ async def _watch_burst_cpu(gw: Gateway, calls: int) -> BurstCpu:
     while len(gw.metrics.recent_setups) < calls and time.monotonic() - started < BURST_TIMEOUT_S:
         await asyncio.sleep(BURST_POLL_S)
     seconds = time.monotonic() - started
-    return BurstCpu.between(before, all_cpu_s(), seconds, os.getpid())
+    return GroupCpu.between(before, all_cpu_s(), seconds, os.getpid())
 
 
-def finished_or_cancel(watcher: asyncio.Task[BurstCpu]) -> BurstCpu | None:
+def finished_or_cancel(watcher: asyncio.Task[GroupCpu]) -> GroupCpu | None:
     """The watcher's reading if it saw every set-up; else None, and it is cancelled (some call
     never got its actor: there is no burst to account)."""
     if watcher.done() and not watcher.cancelled():
@@ -529,7 +467,7 @@ async def run_mode(
         set_up = dict(metrics.recent_setups)
         call_ids = [r.call_connection_id for r in reports if r.answered]
         async with open_archive(stack.settings.storage) as store:
-            transcripts = await _archived(store, call_ids)
+            transcripts = await archived_transcripts(store, call_ids, ARCHIVE_WAIT_S)
         result.setups = [
             CallSetup.build(
                 r, set_up.get(r.call_connection_id), transcripts.get(r.call_connection_id)

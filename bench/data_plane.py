@@ -32,11 +32,18 @@ from typing import Any, TextIO
 import orjson
 import ray
 
+from bench.cpu_groups import STAND_IN, GroupCpu
 from bench.frame_floor import measure_floor
-from bench.gateway_stack import ExternalAcs, gateway_stack, load_generator_command
+from bench.gateway_stack import (
+    ExternalAcs,
+    GatewayStack,
+    archived_transcripts,
+    gateway_stack,
+    load_generator_command,
+)
 from bench.local_ray import local_ray
 from bench.machine import describe_machine
-from bench.proc_stats import cpu_percent, proc_cpu_s
+from bench.proc_stats import all_cpu_s, cpu_percent, proc_cpu_s
 from bench.results import Benchmark, BenchOptions, BenchResult, format_table
 from storage.archive import open_archive
 from storage.latency import percentile
@@ -58,6 +65,12 @@ SOCKET_SATURATE_FRAMES = 200_000
 ARCHIVE_WAIT_S = 30.0
 LIVE_WAIT_S = 60.0
 FLOOR_ACTORS = 4  # bare actors fed one call each for the floor
+SATURATED_CALLS = 4  # callers sending their frames as fast as they can
+SATURATED_AUDIO_S = 300.0  # of audio each of them sends: 15,000 frames
+SMALL_SATURATED_AUDIO_S = 10.0
+SATURATED_WINDOW = (0.1, 0.9)  # of the frames expected through the gateway: the steady middle
+SATURATED_POLL_S = 0.005
+SATURATED_TIMEOUT_S = 120.0
 
 DEFINITIONS = {
     "gateway CPU per call": (
@@ -93,9 +106,18 @@ DEFINITIONS = {
         "640-byte frames (4-byte length prefix) over one loopback TCP connection to a receiver "
         "process: paced at the same rate (latency), then as fast as it goes (saturated rate)"
     ),
-    "data plane capacity": (
-        "an estimate, not a saturated run: frames/s streamed in the window divided by the CPU "
-        "the gateway and the actors spent on them (cores), times this machine's usable cores"
+    "data plane capacity (estimate)": (
+        "from the real-time run: frames/s streamed in the window divided by the CPU the gateway "
+        "and the actors spent on them (cores), times this machine's usable cores"
+    ),
+    "data plane, saturated": (
+        "a few callers (the load generator) sending real AudioData JSON over real WebSockets as "
+        "fast as they can, through the gateway into their call actors: frames the gateway "
+        "forwarded per second between 10% and 90% of the frames expected (the steady middle). "
+        "Measured with the load generator on the same cores, as the baselines' saturated rates "
+        "are; 'load generator apart' divides the rate by the cores every other process used "
+        "(gateway, call actors, Ray, Redis) and multiplies by this machine's usable cores. The "
+        "targets are judged on the measured rate"
     ),
 }
 
@@ -227,6 +249,56 @@ class Baseline:
     note: str = ""
 
 
+@dataclass(slots=True)
+class SaturatedRun:
+    """Callers sending frames as fast as they can, through the gateway into their actors."""
+
+    calls: int
+    audio_s: float  # of audio each caller sends
+    window_s: float = 0.0
+    window_frames: int = 0  # forwarded by the gateway to the actors within the window
+    cpu: GroupCpu | None = None  # every process's CPU over the window, by group
+    frames_sent: int = 0  # by the callers (the stand-in's report)
+    frames_in: int = 0  # at the actors (the archived transcripts' metrics)
+    note: str = ""
+
+    @property
+    def frames_expected(self) -> int:
+        return int(self.calls * self.audio_s * FRAMES_PER_S)
+
+    @property
+    def rate(self) -> float:
+        return self.window_frames / self.window_s if self.window_s else 0.0
+
+    def data_plane_cores(self) -> float | None:
+        """Cores busy over the window, the load generator's left out."""
+        if self.cpu is None or self.window_s <= 0:
+            return None
+        spent = sum(cpu for group, cpu in self.cpu.cpu_s.items() if group != STAND_IN)
+        return spent / self.window_s
+
+    def rate_apart(self, cores: int) -> float | None:
+        """The rate with every usable core the data plane's (the load generator apart)."""
+        busy = self.data_plane_cores()
+        return self.rate / busy * cores if busy and self.rate else None
+
+    def to_json(self, cores: int) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "audio_s": self.audio_s,
+            "frames_expected": self.frames_expected,
+            "window_s": round(self.window_s, 3),
+            "window_frames": self.window_frames,
+            "rate": round(self.rate, 1),
+            "rate_load_generator_apart": _r(self.rate_apart(cores), 1),
+            "cpu": self.cpu.to_json(self.calls) if self.cpu else None,
+            "frames_sent": self.frames_sent,
+            "frames_in": self.frames_in,
+            "frames_lost": self.frames_sent - self.frames_in,
+            "note": self.note,
+        }
+
+
 def _r(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -239,10 +311,13 @@ def _ratio(a: float | None, b: float | None) -> str:
     return "-" if not a or not b else f"{a / b:.2f}x"
 
 
-def table(run: DataPlaneRun, ray_b: Baseline, sock_b: Baseline, cores: int) -> str:
+def table(
+    run: DataPlaneRun, saturated: SaturatedRun, ray_b: Baseline, sock_b: Baseline, cores: int
+) -> str:
     actor = run.actor_cpu()
     lat = run.latency()
     capacity = run.capacity_estimate(cores)
+    busy = saturated.data_plane_cores()
     rows = [
         ("calls answered / archived", f"{run.answered}/{run.calls}, {run.archived}/{run.calls}"),
         ("steady window", f"{run.window_s:.1f} s, {run.frame_rate:,.0f} frames/s streamed"),
@@ -260,6 +335,15 @@ def table(run: DataPlaneRun, ray_b: Baseline, sock_b: Baseline, cores: int) -> s
          f" (worst call p99 {_fmt(lat['p99_worst_call'], '.1f')}; p99.9 not kept)"),
         ("frames sent / at actors / lost",
          f"{run.frames_sent:,} / {run.frames_in:,} / {run.lost:,}"),
+        ("saturated: callers, window",
+         f"{saturated.calls} sending as fast as they can; {saturated.window_s:.2f} s, "
+         f"{saturated.window_frames:,} frames through the gateway"),
+        ("saturated: cores busy, load generator apart",
+         f"{_fmt(busy, '.2f')} (estimate from the real-time run: "
+         f"{_fmt(capacity, ',.0f', ' frames/s')})"),
+        ("saturated: frames sent / at actors / lost",
+         f"{saturated.frames_sent:,} / {saturated.frames_in:,} / "
+         f"{saturated.frames_sent - saturated.frames_in:,}"),
     ]
     lines = [format_table(("data plane", f"{run.calls} calls, real time"), rows), ""]
 
@@ -273,17 +357,19 @@ def table(run: DataPlaneRun, ray_b: Baseline, sock_b: Baseline, cores: int) -> s
 
     through = [
         ("data plane", f"{run.frame_rate:,.0f}/s of {run.calls * FRAMES_PER_S:,}; see above",
-         _fmt(capacity, ",.0f", "/s (estimate)"), "-"),
+         f"{saturated.rate:,.0f}/s ({_fmt(saturated.rate_apart(cores), ',.0f', '/s')} with "
+         "the load generator apart)", "-"),
         ("Ray call per frame", paced(ray_b), f"{ray_b.saturated_rate:,.0f}/s",
-         _ratio(capacity, ray_b.saturated_rate)),
+         _ratio(saturated.rate, ray_b.saturated_rate)),
         ("raw loopback socket", paced(sock_b), f"{sock_b.saturated_rate:,.0f}/s",
-         _ratio(capacity, sock_b.saturated_rate)),
+         _ratio(saturated.rate, sock_b.saturated_rate)),
     ]
     header = ("path", "paced: achieved; latency p50 / p99 / p99.9", "saturated",
               "data plane vs it")
     lines.append(format_table(header, [list(row) for row in through]))
-    if run.note:
-        lines.append(f"  note: {run.note}")
+    for note in (run.note, saturated.note):
+        if note:
+            lines.append(f"  note: {note}")
     return "\n".join(lines)
 
 
@@ -337,11 +423,7 @@ async def measure_data_plane(
     report_path = Path(tempfile.mkdtemp(prefix="rtvoice-bench-")) / "calls.json"
     _say(out, "data_plane: starting Redis and the gateway; warming the pool")
     async with gateway_stack(settings, acs, spares=calls) as stack:
-        deadline = time.monotonic() + 30.0 + 2.0 * calls
-        while await stack.pool.spare_count() < calls and time.monotonic() < deadline:
-            await asyncio.sleep(0.25)
-        # No refill from here on: spares starting would share the window's CPU.
-        stack.pool.min_spares = stack.pool.max_spares = 0
+        await _warm_then_hold(stack, calls)
         _say(out, f"  pool: {await stack.pool.spare_count()}/{calls} spares; placing {calls} "
                   f"calls of {talk_s:.0f} s (the stand-in and callers in a subprocess)")
         proc = await asyncio.create_subprocess_exec(
@@ -416,25 +498,96 @@ async def measure_data_plane(
                 by_id[cid] = CallMeasure(cid, None, None, None)
                 run.per_call.append(by_id[cid])
         async with open_archive(stack.settings.storage) as store:
-            deadline = time.monotonic() + ARCHIVE_WAIT_S
-            pending = set(sent)
-            while pending and time.monotonic() < deadline:
-                for cid in list(pending):
-                    doc = await store.get_transcript(cid)
-                    if doc:
-                        metrics = doc.get("metrics") or {}
-                        c = by_id[cid]
-                        c.frames_in = metrics.get("frames_in")
-                        c.backlog_frames = metrics.get("backlog_frames")
-                        c.latency_p50_ms = metrics.get("frame_latency_ms_p50")
-                        c.latency_p99_ms = metrics.get("frame_latency_ms_p99")
-                        pending.discard(cid)
-                if pending:
-                    await asyncio.sleep(0.25)
+            transcripts = await archived_transcripts(store, sent, ARCHIVE_WAIT_S)
+        for cid, doc in transcripts.items():
+            metrics = doc.get("metrics") or {}
+            c = by_id[cid]
+            c.frames_in = metrics.get("frames_in")
+            c.backlog_frames = metrics.get("backlog_frames")
+            c.latency_p50_ms = metrics.get("frame_latency_ms_p50")
+            c.latency_p99_ms = metrics.get("frame_latency_ms_p99")
         for cid, n in sent.items():
             by_id[cid].frames_sent = n
         run.archived = sum(c.frames_in is not None for c in run.per_call)
     ray.kill(idle)
+    return run
+
+
+async def _warm_then_hold(stack: GatewayStack, calls: int) -> None:
+    """Until the pool has a spare per call (bounded); then no refill: spares starting would
+    share the measured CPU."""
+    deadline = time.monotonic() + 30.0 + 2.0 * calls
+    while await stack.pool.spare_count() < calls and time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+    stack.pool.min_spares = stack.pool.max_spares = 0
+
+
+async def _saturated_window(
+    stack: GatewayStack, run: SaturatedRun, timeout_s: float
+) -> None:
+    """The steady middle of the run: from SATURATED_WINDOW[0] to [1] of the frames expected
+    through the gateway, its length, its frames and every process's CPU over it."""
+    metrics = stack.gateway.metrics
+
+    def forwarded() -> float:
+        return metrics.frames_routed("media", "in")
+
+    low, high = (run.frames_expected * share for share in SATURATED_WINDOW)
+    deadline = time.monotonic() + timeout_s
+    while forwarded() < low:
+        if time.monotonic() > deadline:
+            run.note = f"only {forwarded():,.0f} frames reached the gateway"
+            return
+        await asyncio.sleep(SATURATED_POLL_S)
+    n0, t0, cpu0 = forwarded(), time.monotonic(), all_cpu_s()
+    while forwarded() < high and time.monotonic() < deadline:
+        await asyncio.sleep(SATURATED_POLL_S)
+    n1, t1, cpu1 = forwarded(), time.monotonic(), all_cpu_s()
+    run.window_s, run.window_frames = t1 - t0, int(n1 - n0)
+    run.cpu = GroupCpu.between(cpu0, cpu1, run.window_s, os.getpid())
+
+
+async def measure_saturated(
+    settings: Settings, calls: int, audio_s: float, out: TextIO
+) -> SaturatedRun:
+    """``calls`` callers send ``audio_s`` of audio each as fast as they can (the load generator
+    with ``--fast``), through a fresh gateway into warm call actors."""
+    run = SaturatedRun(calls=calls, audio_s=audio_s)
+    acs = ExternalAcs.fresh()
+    report_path = Path(tempfile.mkdtemp(prefix="rtvoice-bench-")) / "calls.json"
+    async with gateway_stack(settings, acs, spares=calls) as stack:
+        await _warm_then_hold(stack, calls)
+        _say(out, f"  saturated: {calls} callers sending {run.frames_expected:,} frames as fast "
+                  "as they can")
+        proc = await asyncio.create_subprocess_exec(
+            *load_generator_command(
+                acs, stack.gateway_url, calls, report_path, talk_s=audio_s, fast=True
+            ),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await _saturated_window(stack, run, SATURATED_TIMEOUT_S)
+            _, err = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if not report_path.exists():
+            run.note = "no load-generator report: " + (
+                err.decode(errors="replace")[-300:] if err else "")
+            return run
+        sent = {
+            c["call_connection_id"]: int(c["frames_sent"])
+            for c in orjson.loads(report_path.read_bytes())["calls"]
+            if c["call_connection_id"]
+        }
+        run.frames_sent = sum(sent.values())
+        async with open_archive(stack.settings.storage) as store:
+            transcripts = await archived_transcripts(store, sent, ARCHIVE_WAIT_S)
+        run.frames_in = sum(
+            int((doc.get("metrics") or {}).get("frames_in") or 0) for doc in transcripts.values()
+        )
     return run
 
 
@@ -560,10 +713,12 @@ async def socket_baseline(calls: int, paced_s: float, saturate: int) -> Baseline
 # -- the benchmark ------------------------------------------------------------------------------
 
 
-def targets(run: DataPlaneRun, ray_b: Baseline, sock_b: Baseline, cores: int) -> dict[str, Any]:
+def targets(
+    run: DataPlaneRun, saturated: SaturatedRun, ray_b: Baseline, sock_b: Baseline
+) -> dict[str, Any]:
     actor = run.actor_cpu()
     actor_p50 = percentile(actor, 50) if actor else None
-    capacity = run.capacity_estimate(cores)
+    capacity = saturated.rate or None
     floor = run.frame_floor_cpu_pct
     return {
         "actor_within_1_3x_of_floor": (
@@ -622,6 +777,8 @@ async def run_data_plane(
     started_at = datetime.now(UTC)
     with local_ray(settings, max(16, 3 * calls), out, NAME):
         run = await measure_data_plane(settings, calls, talk, window, out)
+        audio = SMALL_SATURATED_AUDIO_S if small else SATURATED_AUDIO_S
+        saturated = await measure_saturated(settings, min(calls, SATURATED_CALLS), audio, out)
         floor_actors = min(calls, FLOOR_ACTORS)
         _say(out, f"  floor: {floor_actors} bare Ray actors reading the same frames, writing "
                   "the same replies")
@@ -633,7 +790,12 @@ async def run_data_plane(
         sock_b = await socket_baseline(calls, 1.0 if small else SOCKET_PACED_S, sock_n)
     machine = describe_machine()
     cores = int(machine.get("usable_cores") or machine.get("cores") or 1)
-    ok = not run.note and run.answered == calls and run.archived == calls
+    ok = (
+        not run.note
+        and not saturated.note
+        and run.answered == calls
+        and run.archived == calls
+    )
     return BenchResult.of_run(
         NAME,
         calls,
@@ -656,11 +818,12 @@ async def run_data_plane(
         runs=[{
             "data_plane": run.to_json(),
             "data_plane_capacity_estimate": _r(run.capacity_estimate(cores), 1),
+            "data_plane_saturated": saturated.to_json(cores),
             "ray_call_per_frame": asdict(ray_b),
             "raw_loopback_socket": asdict(sock_b),
-            "targets": targets(run, ray_b, sock_b, cores),
+            "targets": targets(run, saturated, ray_b, sock_b),
         }],
-        table=table(run, ray_b, sock_b, cores),
+        table=table(run, saturated, ray_b, sock_b, cores),
         ok=ok,
     )
 

@@ -14,9 +14,11 @@ import contextlib
 import secrets
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -26,6 +28,7 @@ from gateway.app import Gateway, create_app
 from gateway.service import build_gateway, uvicorn_server
 from simulator.devstack.local_redis import LocalRedisServer, free_port
 from simulator.jwt_issuer import ACS_ISSUER
+from storage.archive import ArchiveStore
 from storage.errors import StorageError
 from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import Settings
@@ -112,6 +115,23 @@ async def gateway_stack(
         redis_server.stop()
 
 
+async def archived_transcripts(
+    store: ArchiveStore, call_ids: Iterable[str], wait_s: float
+) -> dict[str, dict[str, Any]]:
+    """The transcripts of ``call_ids`` by call id, waiting up to ``wait_s`` for actors still
+    archiving (a call's actor archives after its call ends)."""
+    wanted = set(call_ids)
+    found: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + wait_s
+    while len(found) < len(wanted) and time.monotonic() < deadline:
+        for call_id in wanted - found.keys():
+            if doc := await store.get_transcript(call_id):
+                found[call_id] = doc
+        if len(found) < len(wanted):
+            await asyncio.sleep(0.25)
+    return found
+
+
 def load_generator_command(
     acs: ExternalAcs,
     gateway_url: str,
@@ -120,9 +140,11 @@ def load_generator_command(
     *,
     talk_s: float = 10.0,
     scenario: Path | None = None,
+    fast: bool = False,
 ) -> list[str]:
     """The stand-in placing ``calls`` callers who talk for ``talk_s`` (or as ``scenario`` says,
-    a Scenario JSON file), writing its report to ``report``."""
+    a Scenario JSON file), writing its report to ``report``; ``fast``: the callers send their
+    frames as fast as they can instead of at real time."""
     # "--flag=value": a secret may begin with "-", which argparse would take for a flag.
     callers = [f"--scenario={scenario}"] if scenario else [f"--duration={talk_s}"]
     return [
@@ -138,4 +160,5 @@ def load_generator_command(
         "--answer-timeout=30",
         f"--json={report}",
         "--no-progress",
+        *(["--fast"] if fast else []),
     ]  # fmt: skip

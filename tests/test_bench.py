@@ -15,20 +15,16 @@ import pytest
 from bench import arrivals, call_setup, data_plane, data_plane_max
 from bench.arrivals import Outcomes
 from bench.call_setup import (
-    CALL_ACTORS,
     COLD,
-    GATEWAY,
-    OTHER,
     READY_ACTIVATION,
     READY_FIRST_FRAME,
-    STAND_IN,
     WARM_POOL,
-    BurstCpu,
     CallSetup,
     ModeResult,
     run_call_setup,
     wait_for_spares,
 )
+from bench.cpu_groups import CALL_ACTORS, GATEWAY, OTHER, STAND_IN, GroupCpu
 from bench.frame_floor import measure_floor
 from bench.gateway_stack import ExternalAcs, load_generator_command
 from bench.machine import describe_machine, machine_line
@@ -93,7 +89,7 @@ def test_a_bursts_cpu_is_split_by_process_group_per_call() -> None:
     }
     before = {1: 10.0, 2: 1.0, 3: 1.0, 4: 2.0, 5: 0.5}
     after = {1: 10.03, 2: 1.01, 4: 2.02, 5: 0.5, 6: 0.004}  # 3 exited, 6 started meanwhile
-    cpu = BurstCpu.between(before, after, 0.05, gateway_pid=1, command=commands.get)  # type: ignore[arg-type]
+    cpu = GroupCpu.between(before, after, 0.05, gateway_pid=1, command=commands.get)  # type: ignore[arg-type]
     per_call = cpu.per_call_ms(2)
     assert round(per_call[GATEWAY], 3) == 15.0 and round(per_call[CALL_ACTORS], 3) == 5.0
     assert round(per_call[STAND_IN], 3) == 10.0 and round(per_call[OTHER], 3) == 2.0
@@ -109,7 +105,7 @@ async def test_a_burst_some_call_never_finished_has_no_cpu_reading() -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await waiting
     assert waiting.cancelled()
-    reading = BurstCpu(0.1, {GATEWAY: 0.01})
+    reading = GroupCpu(0.1, {GATEWAY: 0.01})
     done = asyncio.create_task(asyncio.sleep(0, reading))
     await done
     assert call_setup.finished_or_cancel(done) is reading
@@ -367,12 +363,23 @@ def test_data_plane_reads_cpu_from_proc_and_tabulates_a_run() -> None:
     assert run.capacity_estimate(2) == pytest.approx(100.0 / 0.09 * 2)
     ray_b = data_plane.Baseline("ray", 100.0, 100.0, {"p50": 2.0}, saturated_rate=1000.0)
     sock_b = data_plane.Baseline("sock", 100.0, 100.0, {"p50": 0.1}, saturated_rate=1e6)
-    text = data_plane.table(run, ray_b, sock_b, cores=2)
+    saturated = data_plane.SaturatedRun(
+        calls=2, audio_s=10.0, window_s=0.5, window_frames=10_000, frames_sent=1000,
+        frames_in=1000,
+        cpu=GroupCpu(0.5, {GATEWAY: 0.25, CALL_ACTORS: 0.25, STAND_IN: 0.5, OTHER: 0.0}),
+    )  # fmt: skip
+    assert saturated.frames_expected == 1000 and saturated.rate == 20_000.0
+    assert saturated.data_plane_cores() == 1.0  # the load generator's CPU left out
+    assert saturated.rate_apart(2) == 40_000.0
+    text = data_plane.table(run, saturated, ray_b, sock_b, cores=2)
     assert "1,200 / 1,190 / 10" in text and "2.00% of a core" in text
-    checks = data_plane.targets(run, ray_b, sock_b, cores=2)
+    assert "20,000/s (40,000/s with the load generator apart)" in text and "20.00x" in text
+    checks = data_plane.targets(run, saturated, ray_b, sock_b)
     assert checks["gateway_at_most_0_3pct_core_per_call"] is False
+    assert checks["data_plane_at_least_20x_ray_call"] is True
     assert checks["data_plane_at_least_half_raw_socket"] is False
     assert run.to_json()["frames_lost"] == 10
+    assert saturated.to_json(2)["rate_load_generator_apart"] == 40_000.0
 
 
 @pytest.mark.slow  # local Ray, a real-time call, a subprocess load generator
@@ -383,6 +390,8 @@ async def test_data_plane_smoke_run(ray_cluster: dict[str, object]) -> None:
     assert result.ok, out.getvalue() + result.table
     doc = result.runs[0]
     assert doc["data_plane"]["answered"] == 1 and doc["data_plane"]["frames_sent"] > 0
+    assert doc["data_plane_saturated"]["window_frames"] > 0
+    assert doc["data_plane_saturated"]["frames_lost"] == 0
     assert doc["ray_call_per_frame"]["saturated_rate"] > 0
     assert doc["raw_loopback_socket"]["saturated_rate"] > 0
     assert "Ray call per frame" in result.table

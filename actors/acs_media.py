@@ -144,7 +144,7 @@ def _decode_pcm(data: str, silent: bool, frame_bytes: int | None) -> bytes:
     if not data and silent and frame_bytes:
         return bytes(frame_bytes)  # a silent frame may come without samples
     try:
-        pcm = base64.b64decode(data, validate=True)
+        pcm = binascii.a2b_base64(data, strict_mode=True)  # validates, in C
     except (binascii.Error, ValueError):
         raise InvalidMessage("bad_base64") from None
     if not pcm or len(pcm) % 2 or (frame_bytes is not None and len(pcm) != frame_bytes):

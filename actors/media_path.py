@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import operator
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -42,7 +41,8 @@ BARGE_IN_FRAMES = 3  # consecutive loud frames (60 ms) before playback is stoppe
 
 def rms(pcm: bytes) -> float:
     samples = pcm16_samples(pcm)
-    return math.sqrt(sum(map(operator.mul, samples, samples)) / len(samples)) if samples else 0.0
+    # hypot is the root of the sum of squares, in C: about 7 us a frame, against 16 in Python.
+    return math.hypot(*samples) / math.sqrt(len(samples)) if samples else 0.0
 
 
 class MediaPath:
@@ -78,6 +78,10 @@ class MediaPath:
         self.tasks: set[asyncio.Task[Any]] = set()  # turns and playback stops in flight
         self._on_final = on_final
         self._on_session_change = on_session_change
+        # Read once: the config derives them from settings, and every frame needs them.
+        self._frame_bytes = config.frame_bytes
+        self._sample_rate = config.sample_rate
+        self._max_message_bytes = config.max_message_bytes
         self._media: list[ServerConnection] = []  # open media connections, the newest last
         self._loud_frames = 0
         self._speaking_since: float | None = None  # when a frame first saw the reply playing
@@ -103,13 +107,12 @@ class MediaPath:
 
     def on_message(self, conn: ServerConnection, payload: bytes) -> None:
         self.touch()
-        cfg = self.config
         try:
             msg = parse_message(
                 payload,
-                frame_bytes=cfg.frame_bytes,
-                sample_rate=cfg.sample_rate,
-                max_bytes=cfg.max_message_bytes,
+                frame_bytes=self._frame_bytes,
+                sample_rate=self._sample_rate,
+                max_bytes=self._max_message_bytes,
             )
         except InvalidMessage as exc:
             self.metrics.invalid_messages[exc.reason] += 1
@@ -136,7 +139,7 @@ class MediaPath:
         if overwritten < 0:
             self.metrics.frames_dropped += 1
         elif overwritten:
-            frames = -(-overwritten * 2 // self.config.frame_bytes)
+            frames = -(-overwritten * 2 // self._frame_bytes)
             self.metrics.ring_overwritten_frames += frames
         speaking = self.speaker is not None and self.speaker.speaking
         if not speaking:

@@ -44,6 +44,7 @@ from bench.gateway_stack import (
 from bench.local_ray import local_ray
 from bench.machine import describe_machine
 from bench.proc_stats import all_cpu_s, cpu_percent, proc_cpu_s
+from bench.relay_floor import measure_relay_floor
 from bench.results import Benchmark, BenchOptions, BenchResult, format_table
 from storage.archive import open_archive
 from storage.latency import percentile
@@ -88,6 +89,12 @@ DEFINITIONS = {
         "ACS AudioData JSON over TCP at 50 frames/s, parsing it (JSON, base64) and writing an "
         "outbound AudioData reply per frame; CPU from /proc over a window after the calls end, "
         "p50 over the floor actors. Target: a call actor within 1.3x of it"
+    ),
+    "relay floor": (
+        "the gateway's floor: a bare relay process on uvloop (bench/relay_floor.py: its "
+        "data_received only writes to its peer, no WebSocket, framing or parsing) between one "
+        "caller process and a far-end process per call, 50 900-byte messages a second each way "
+        "per call, as many calls as the run's; its CPU per call over the same window length"
     ),
     "frame latency": (
         "measured in each call actor: the AudioData capture timestamp (stamped by the caller in "
@@ -165,6 +172,7 @@ class DataPlaneRun:
     gateway_cpu_pct: float | None = None
     floor_cpu_pct: float | None = None  # the bare Ray actor
     frame_floor_cpu_pct: float | None = None  # a bare Ray actor reading and answering frames
+    relay_floor_cpu_pct: float | None = None  # per call: a bare Python relay (bench/relay_floor.py)
     per_call: list[CallMeasure] = field(default_factory=list)
     note: str = ""
 
@@ -229,6 +237,7 @@ class DataPlaneRun:
             "actor_cpu_pct_max": _r(actor[-1]) if actor else None,
             "bare_ray_actor_cpu_pct": _r(self.floor_cpu_pct),
             "frame_floor_cpu_pct": _r(self.frame_floor_cpu_pct),
+            "relay_floor_cpu_pct_per_call": _r(self.relay_floor_cpu_pct),
             "window_frames": self.window_frames,
             "window_frame_rate": round(self.frame_rate, 1),
             "frames_sent": self.frames_sent,
@@ -330,6 +339,9 @@ def table(
          f"{_fmt(run.frame_floor_cpu_pct, '.2f', '%')}  (actor p50 vs it: "
          f"{_ratio(percentile(actor, 50) if actor else None, run.frame_floor_cpu_pct)})"),
         ("bare Ray actor, idle", _fmt(run.floor_cpu_pct, ".2f", "%")),
+        ("floor: bare Python relay, per call",
+         f"{_fmt(run.relay_floor_cpu_pct, '.2f', '%')}  (gateway vs it: "
+         f"{_ratio(run.gateway_cpu_per_call, run.relay_floor_cpu_pct)})"),
         ("frame latency p50 / p99 (ms)",
          f"{_fmt(lat['p50_median_of_calls'], '.1f')} / {_fmt(lat['p99_median_of_calls'], '.1f')}"
          f" (worst call p99 {_fmt(lat['p99_worst_call'], '.1f')}; p99.9 not kept)"),
@@ -732,6 +744,10 @@ def targets(
         "gateway_at_most_0_3pct_core_per_call": (
             None if run.gateway_cpu_per_call is None else run.gateway_cpu_per_call <= 0.3
         ),
+        "gateway_vs_relay_floor": (
+            None if run.gateway_cpu_per_call is None or not run.relay_floor_cpu_pct
+            else run.gateway_cpu_per_call / run.relay_floor_cpu_pct
+        ),
         "data_plane_at_least_20x_ray_call": (
             None if capacity is None else capacity >= 20 * ray_b.saturated_rate
         ),
@@ -788,6 +804,8 @@ async def run_data_plane(
         ray_b = await ray_call_baseline(calls, ray_s, ray_n)
         _say(out, "  baseline: raw loopback socket (paced, then saturated)")
         sock_b = await socket_baseline(calls, 1.0 if small else SOCKET_PACED_S, sock_n)
+        _say(out, f"  floor: a bare Python relay for {calls} calls")
+        run.relay_floor_cpu_pct = await measure_relay_floor(calls, window)
     machine = describe_machine()
     cores = int(machine.get("usable_cores") or machine.get("cores") or 1)
     ok = (

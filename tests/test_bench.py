@@ -352,7 +352,7 @@ def test_data_plane_reads_cpu_from_proc_and_tabulates_a_run() -> None:
     run = data_plane.DataPlaneRun(
         calls=2, talk_s=8.0, window_s=10.0, streaming=2, answered=2, archived=2
     )
-    run.gateway_cpu_pct, run.floor_cpu_pct = 4.0, 1.0
+    run.gateway_cpu_pct, run.floor_cpu_pct, run.relay_floor_cpu_pct = 4.0, 1.0, 0.5
     run.per_call = [
         data_plane.CallMeasure("a", 1, 2.0, 500, frames_sent=600, frames_in=600,
                                latency_p50_ms=1.0, latency_p99_ms=5.0),
@@ -374,6 +374,7 @@ def test_data_plane_reads_cpu_from_proc_and_tabulates_a_run() -> None:
     text = data_plane.table(run, saturated, ray_b, sock_b, cores=2)
     assert "1,200 / 1,190 / 10" in text and "2.00% of a core" in text
     assert "20,000/s (40,000/s with the load generator apart)" in text and "20.00x" in text
+    assert "0.50%  (gateway vs it: 4.00x)" in text
     checks = data_plane.targets(run, saturated, ray_b, sock_b)
     assert checks["gateway_at_most_0_3pct_core_per_call"] is False
     assert checks["data_plane_at_least_20x_ray_call"] is True
@@ -392,6 +393,7 @@ async def test_data_plane_smoke_run(ray_cluster: dict[str, object]) -> None:
     assert doc["data_plane"]["answered"] == 1 and doc["data_plane"]["frames_sent"] > 0
     assert doc["data_plane_saturated"]["window_frames"] > 0
     assert doc["data_plane_saturated"]["frames_lost"] == 0
+    assert doc["data_plane"]["relay_floor_cpu_pct_per_call"] is not None
     assert doc["ray_call_per_frame"]["saturated_rate"] > 0
     assert doc["raw_loopback_socket"]["saturated_rate"] > 0
     assert "Ray call per frame" in result.table

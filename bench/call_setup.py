@@ -22,14 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import orjson
-
 from bench.cpu_groups import CALL_ACTORS, GATEWAY, OTHER, STAND_IN, GroupCpu
 from bench.gateway_stack import (
     ExternalAcs,
     GatewayStack,
     archived_transcripts,
     gateway_stack,
+    load_generator,
     load_generator_command,
 )
 from bench.local_ray import local_ray
@@ -396,20 +395,13 @@ async def _place_calls(
     scenario = workdir / "burst.json"
     scenario.write_text(burst_scenario(calls).model_dump_json())
     report_path = workdir / "calls.json"
-    proc = await asyncio.create_subprocess_exec(
-        *load_generator_command(acs, stack.gateway_url, calls, report_path, scenario=scenario),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+    command = load_generator_command(
+        acs, stack.gateway_url, calls, report_path, scenario=scenario
     )
-    try:
-        _, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    if not report_path.exists():
-        return [], err.decode(errors="replace")[-300:]
-    doc = orjson.loads(report_path.read_bytes())
+    async with load_generator(command, report_path) as generator:
+        doc, err = await generator.report()
+    if doc is None:
+        return [], err
     return [CallReport.from_summary(c) for c in doc["calls"]], ""
 
 

@@ -29,7 +29,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TextIO
 
-import orjson
 import ray
 
 from bench.cpu_groups import STAND_IN, GroupCpu
@@ -39,6 +38,7 @@ from bench.gateway_stack import (
     GatewayStack,
     archived_transcripts,
     gateway_stack,
+    load_generator,
     load_generator_command,
 )
 from bench.local_ray import local_ray
@@ -438,15 +438,13 @@ async def measure_data_plane(
         await _warm_then_hold(stack, calls)
         _say(out, f"  pool: {await stack.pool.spare_count()}/{calls} spares; placing {calls} "
                   f"calls of {talk_s:.0f} s (the stand-in and callers in a subprocess)")
-        proc = await asyncio.create_subprocess_exec(
-            *load_generator_command(acs, stack.gateway_url, calls, report_path, talk_s=talk_s),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
+        command = load_generator_command(
+            acs, stack.gateway_url, calls, report_path, talk_s=talk_s
         )
-        try:
+        async with load_generator(command, report_path) as generator:
             begun = time.monotonic()
             live: dict[str, tuple[Any, int]] = {}
-            while time.monotonic() - begun < LIVE_WAIT_S and proc.returncode is None:
+            while time.monotonic() - begun < LIVE_WAIT_S and generator.running:
                 live.update(await live_calls(namespace, timeout_s=5.0))  # once live, kept
                 if len(live) >= calls:
                     break
@@ -492,16 +490,10 @@ async def measure_data_plane(
                     f"{calls - run.streaming} calls not streaming through the whole window")
             _say(out, f"  window done: gateway {_fmt(run.gateway_cpu_pct, '.1f', '%')}, "
                       f"{run.frame_rate:,.0f} frames/s; waiting for the calls to end")
-            _, err = await proc.communicate()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        if not report_path.exists():
-            run.note = (run.note + "; " if run.note else "") + "no load-generator report: " + (
-                err.decode(errors="replace")[-300:] if err else "")
+            report, err = await generator.report()
+        if report is None:
+            run.note = (run.note + "; " if run.note else "") + "no load-generator report: " + err
             return run
-        report = orjson.loads(report_path.read_bytes())
         sent = {c["call_connection_id"]: int(c["frames_sent"]) for c in report["calls"]}
         run.answered = sum(bool(c["answered"]) for c in report["calls"])
         by_id = {c.call_id: c for c in run.per_call}
@@ -571,27 +563,18 @@ async def measure_saturated(
         await _warm_then_hold(stack, calls)
         _say(out, f"  saturated: {calls} callers sending {run.frames_expected:,} frames as fast "
                   "as they can")
-        proc = await asyncio.create_subprocess_exec(
-            *load_generator_command(
-                acs, stack.gateway_url, calls, report_path, talk_s=audio_s, fast=True
-            ),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
+        command = load_generator_command(
+            acs, stack.gateway_url, calls, report_path, talk_s=audio_s, fast=True
         )
-        try:
+        async with load_generator(command, report_path) as generator:
             await _saturated_window(stack, run, SATURATED_TIMEOUT_S)
-            _, err = await proc.communicate()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        if not report_path.exists():
-            run.note = "no load-generator report: " + (
-                err.decode(errors="replace")[-300:] if err else "")
+            report, err = await generator.report()
+        if report is None:
+            run.note = "no load-generator report: " + err
             return run
         sent = {
             c["call_connection_id"]: int(c["frames_sent"])
-            for c in orjson.loads(report_path.read_bytes())["calls"]
+            for c in report["calls"]
             if c["call_connection_id"]
         }
         run.frames_sent = sum(sent.values())

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import SecretStr
 
 from actors.config import CallActorConfig
@@ -113,6 +114,39 @@ async def gateway_stack(
             await pool.retire_all()
         await redis.close()
         redis_server.stop()
+
+
+@dataclass(slots=True)
+class LoadGenerator:
+    """The stand-in and its callers, running in a subprocess (``load_generator``)."""
+
+    proc: asyncio.subprocess.Process
+    report_path: Path
+
+    @property
+    def running(self) -> bool:
+        return self.proc.returncode is None
+
+    async def report(self) -> tuple[dict[str, Any] | None, str]:
+        """Once it has exited: its report, or None and the tail of what it wrote to stderr."""
+        _, err = await self.proc.communicate()
+        if not self.report_path.exists():
+            return None, err.decode(errors="replace")[-300:] if err else ""
+        return orjson.loads(self.report_path.read_bytes()), ""
+
+
+@contextlib.asynccontextmanager
+async def load_generator(command: list[str], report_path: Path) -> AsyncIterator[LoadGenerator]:
+    """Runs ``command`` (``load_generator_command``), killed on the way out if still running."""
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        yield LoadGenerator(proc, report_path)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def archived_transcripts(

@@ -98,9 +98,11 @@ class _ActorLink(asyncio.Protocol):
         return self.frames.popleft()
 
     async def drain(self) -> None:
-        if self.ended and self.lost.done():
-            raise ConnectionResetError("connection lost")
+        """Until the transport takes more writes; ConnectionResetError once the connection is
+        lost (an EOF alone still lets the gateway write)."""
         await self._writable.wait()
+        if self.lost.done():
+            raise ConnectionResetError("connection lost")
 
 
 class StreamConnection:

@@ -97,3 +97,18 @@ async def test_outbound_frames_go_to_on_acs_and_stay_in_order_when_it_declines()
         assert await actor.send_acs("c0")  # nothing waits any more: on_acs again
         await eventually(lambda: taken == [b"a0", b"a1", b"c0"])
         await conn.close()
+
+
+async def test_sending_to_an_actor_that_went_away_raises_connection_error() -> None:
+    """The bridge buffers and reconnects on ConnectionError: a lost connection must raise it,
+    never swallow frames as if they were sent."""
+    handler = Recorder()
+    async with serving(handler, call_id="c1", token="t") as port:
+        conn = await open_stream("127.0.0.1", port, "t", "c1", "media")
+    assert await conn.recv() is None  # the actor's endpoint closed
+    with pytest.raises(ConnectionError):
+        async with asyncio.timeout(5):
+            while True:  # the first write may still be taken before the peer's reset
+                await conn.send_acs("frame")
+                await asyncio.sleep(0.01)
+    await conn.close()

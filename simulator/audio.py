@@ -5,6 +5,7 @@ Pure functions over 16-bit little-endian mono PCM bytes; never touches sockets o
 
 from __future__ import annotations
 
+import functools
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,8 +56,12 @@ def voice_frequency(voice: int) -> float:
     return 110.0 + 15.0 * (voice % 24)
 
 
+@functools.lru_cache(maxsize=256)
 def speech_like(duration_s: float, fmt: AudioFormat, voice: int, amplitude: float = 0.3) -> bytes:
-    """A voiced tone with harmonics under a syllable-rate envelope; deterministic per voice."""
+    """A voiced tone with harmonics under a syllable-rate envelope; deterministic per voice.
+
+    Cached: callers repeat their sentences, and a caller sending as fast as it can (``--fast``,
+    bench data_plane's saturated run) would otherwise spend most of its CPU synthesising them."""
     n = round(duration_s * fmt.sample_rate)
     t = np.arange(n, dtype=np.float64) / fmt.sample_rate
     f0 = voice_frequency(voice)

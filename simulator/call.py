@@ -624,6 +624,9 @@ class _Streamer:
         await self.call._connect_media(url)
 
 
+OVERSIZED_DATA_CHARS = 96 * 1024
+
+
 def _malformed(kind: str, good: Json, fmt: AudioFormat) -> str | bytes:
     if kind == "binary":
         return bytes(fmt.frame_bytes)
@@ -634,6 +637,8 @@ def _malformed(kind: str, good: Json, fmt: AudioFormat) -> str | bytes:
     data = dict(good["audioData"])
     if kind == "bad_base64":
         data["data"] = "***not base64***"
+    elif kind == "oversized":  # over the gateway's 64 KiB per message: refused there
+        data["data"] = "A" * OVERSIZED_DATA_CHARS
     else:  # wrong_size: a frame that is not 20 ms long
         data["data"] = base64.b64encode(bytes(fmt.frame_bytes // 2 + 1)).decode()
     return json.dumps({"kind": "AudioData", "audioData": data})

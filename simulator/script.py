@@ -15,7 +15,9 @@ from simulator.jwt_issuer import TokenFault
 
 DTMF_GAP_S = 0.2  # silence after each key press
 
-MalformedKind = Literal["bad_json", "unknown_kind", "bad_base64", "wrong_size", "binary"]
+MalformedKind = Literal[
+    "bad_json", "unknown_kind", "bad_base64", "wrong_size", "binary", "oversized"
+]
 
 
 class _Model(BaseModel):

@@ -481,21 +481,25 @@ async def test_actor_killed_mid_call_restarts_and_the_call_goes_on(harness: Harn
 
 
 async def test_malformed_media_frames_are_counted_and_the_call_goes_on(harness: Harness) -> None:
-    kinds = ["bad_json", "unknown_kind", "bad_base64", "wrong_size", "binary"]
+    kinds = ["bad_json", "unknown_kind", "bad_base64", "wrong_size", "binary", "oversized"]
     script = caller(
         "+14255550195",
         12,
         ["my frames are not all well formed"],
         faults=CallFaults(malformed_frames=kinds),
     )
-    binary_before = harness.replica.gateway.metrics.refused_count("media", "binary_frame")
+    metrics = harness.replica.gateway.metrics
+    binary_before = metrics.refused_count("media", "binary_frame")
+    oversized_before = metrics.refused_count("media", "oversized")
     [report] = await harness.run([script])
     assert report.answered and not report.unexpected, report.unexpected
-    assert harness.replica.gateway.metrics.refused_count("media", "binary_frame") > binary_before
+    assert metrics.refused_count("media", "binary_frame") > binary_before
+    assert metrics.refused_count("media", "oversized") > oversized_before
     doc = await harness.transcript(report.call_connection_id)
     assert user_texts(doc) == ["my frames are not all well formed"]
     invalid = doc["metrics"]["invalid_messages"]
-    assert sum(invalid.values()) == len(kinds) - 1  # the binary one never reaches the actor
+    # The binary and the oversized one never reach the actor: the gateway refuses them.
+    assert sum(invalid.values()) == len(kinds) - 2
     assert doc["metrics"]["frames_in"] == report.frames_sent
 
 

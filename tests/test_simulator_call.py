@@ -89,7 +89,9 @@ async def test_drop_media_and_reconnect_to_another_gateway() -> None:
 
 
 async def test_malformed_frames_reach_the_gateway() -> None:
-    kinds: list[MalformedKind] = ["bad_json", "unknown_kind", "bad_base64", "wrong_size", "binary"]
+    kinds: list[MalformedKind] = [
+        "bad_json", "unknown_kind", "bad_base64", "wrong_size", "binary", "oversized"
+    ]
     script = _script(faults=CallFaults(malformed_frames=kinds), lines=[])
     async with AcsStandIn() as acs, FakeGateway(acs) as gateway:
         report = await acs.place_call(gateway.url, script)
@@ -100,7 +102,8 @@ async def test_malformed_frames_reach_the_gateway() -> None:
     assert messages[3]["audioData"]["data"] == "***not base64***"
     assert len(messages[4]["audioData"]["data"]) < 640
     assert messages[5] == {"binary": 640}
-    assert messages[6]["kind"] == "AudioData"
+    assert len(messages[6]["audioData"]["data"]) > 64 * 1024  # over the gateway's limit
+    assert messages[7]["kind"] == "AudioData"
 
 
 async def test_wav_lines_stream_the_file(tmp_path: Path) -> None:

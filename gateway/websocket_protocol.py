@@ -16,29 +16,20 @@ behind one waiting in the queue, goes the ASGI way as before, so the app sees th
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 
 MAX_QUEUED = 32  # messages read ahead of the app (32 x 20 ms of audio) before reading pauses
 DIRECT_TEXT = "rtvoice.direct_text"  # the scope extension holding the connection's DirectText
 
-FIN_TEXT = 0x81  # FIN bit and the text opcode: a whole text message in one frame
-SHORT_LENGTH = struct.Struct("!BBH")
-LONG_LENGTH = struct.Struct("!BBQ")
-
 
 def text_frame(payload: bytes) -> bytes:
-    """One unmasked (server-to-client) WebSocket text frame holding ``payload`` (RFC 6455 5.2)."""
-    size = len(payload)
-    if size < 126:
-        return bytes((FIN_TEXT, size)) + payload
-    if size < 1 << 16:
-        return SHORT_LENGTH.pack(FIN_TEXT, 126, size) + payload
-    return LONG_LENGTH.pack(FIN_TEXT, 127, size) + payload
+    """One unmasked (server-to-client) WebSocket text frame holding ``payload``."""
+    return Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
 
 
 class DirectText(Protocol):

@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import cast
 
+from actors.stream_link import FlowControlledLink
 from actors.stream_protocol import (
     MAX_FRAME_BYTES,
     SOCKET_BUFFER_BYTES,
@@ -26,20 +27,18 @@ from actors.stream_protocol import (
 )
 
 
-class _ActorLink(asyncio.Protocol):
+class _ActorLink(FlowControlledLink):
     """The gateway's transport protocol on one actor connection: frames parsed as they arrive."""
 
     def __init__(self, max_frame_bytes: int) -> None:
+        super().__init__()
         self.parser = FrameParser(max_frame_bytes)
         self.frames: deque[Frame] = deque()
         self.transport: asyncio.Transport | None = None
         # Takes an outbound ACS payload at once; False leaves it to ``recv`` (in order).
         self.on_acs: Callable[[bytes], bool] | None = None
         self.ended = False  # EOF, a framing violation, or the connection lost
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiter: asyncio.Future[None] | None = None
-        self._writable = asyncio.Event()
-        self._writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -71,15 +70,7 @@ class _ActorLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end()
-        self._writable.set()
-        if not self.lost.done():
-            self.lost.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._writable.clear()
-
-    def resume_writing(self) -> None:
-        self._writable.set()
+        super().connection_lost(exc)
 
     def _end(self) -> None:
         self.ended = True
@@ -98,10 +89,9 @@ class _ActorLink(asyncio.Protocol):
         return self.frames.popleft()
 
     async def drain(self) -> None:
-        """Until the transport takes more writes; ConnectionResetError once the connection is
-        lost (an EOF alone still lets the gateway write)."""
-        await self._writable.wait()
-        if self.lost.done():
+        """As ``drained``, raising ConnectionResetError once the connection is lost (an EOF
+        alone still lets the gateway write)."""
+        if not await self.drained():
             raise ConnectionResetError("connection lost")
 
 

@@ -10,6 +10,7 @@ import hmac
 import socket
 from typing import Protocol, cast
 
+from actors.stream_link import FlowControlledLink
 from actors.stream_protocol import (
     MAX_CONNECTIONS,
     MAX_FRAME_BYTES,
@@ -42,8 +43,7 @@ class ServerConnection:
         if link.transport.is_closing():
             return False
         link.transport.write(encode_frame(FrameKind.ACS, text.encode("utf-8")))
-        await link.writable.wait()
-        return not link.lost.done()
+        return await link.drained()
 
     def close(self) -> None:
         self._link.transport.close()
@@ -62,19 +62,18 @@ class StreamHandler(Protocol):
     def on_refused(self, reason: str) -> None: ...
 
 
-class _ServerLink(asyncio.Protocol):
+class _ServerLink(FlowControlledLink):
     """One gateway connection on the actor's endpoint: the hello first, then ACS frames."""
 
     def __init__(self, server: StreamServer) -> None:
+        super().__init__()
         self._server = server
         self._parser = FrameParser(server.max_frame_bytes)
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
         self.conn: ServerConnection | None = None  # set once the hello is accepted
-        loop = asyncio.get_running_loop()
-        self.lost: asyncio.Future[None] = loop.create_future()
-        self.writable = asyncio.Event()
-        self.writable.set()
-        self._timer = loop.call_later(server.handshake_timeout_s, self._refuse, "handshake_timeout")
+        self._timer = asyncio.get_running_loop().call_later(
+            server.handshake_timeout_s, self._refuse, "handshake_timeout"
+        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -135,17 +134,10 @@ class _ServerLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._timer.cancel()
-        self.writable.set()
         self._server.links.discard(self)
         if self.conn is not None:
             self._server.closed(self.conn)
-        self.lost.set_result(None)
-
-    def pause_writing(self) -> None:
-        self.writable.clear()
-
-    def resume_writing(self) -> None:
-        self.writable.set()
+        super().connection_lost(exc)
 
 
 class StreamServer:

@@ -61,6 +61,7 @@ T = TypeVar("T")
 
 EXIT_GRACE_S = 0.5
 PREWARM_PROBE_ID = "rtvoice-prewarm-probe"  # read by spares, never written: no call has it
+ARCHIVE_WARM_S = 2.0  # a spare's first archive read waits this long at most
 PLAY_DONE_EVENTS = frozenset({"PlayCompleted", "PlayFailed", "PlayCanceled"})
 
 
@@ -143,13 +144,23 @@ class CallActor:
         """What a spare does before any call: its process is up and its modules imported (Ray
         did that); connect the storage clients, listen for the gateway and look up the node
         now, so that ``bind`` costs a few Redis round trips and nothing else."""
-        redis, _ = self._connect_storage()
+        redis, archive = self._connect_storage()
         # The reads activation makes, run once on a call id no call has: the client then holds
         # the two connections activation uses at once, and its first-use costs are paid here
-        # (about 2 of the 4 ms of CPU a bind took, measured in a 20-call burst).
+        # (about 2 of the 4 ms of CPU a bind took, measured in a 20-call burst). The scripts
+        # too: in a burst on a Redis that lacks them, every actor would meet NOSCRIPT at once.
         await asyncio.gather(
-            redis.load_call_session(PREWARM_PROBE_ID), redis.load_conversation(PREWARM_PROBE_ID)
+            redis.load_call_session(PREWARM_PROBE_ID),
+            redis.load_conversation(PREWARM_PROBE_ID),
+            redis.load_scripts(),
         )
+        # The archive's first read opens its client (the embedded store's connection and
+        # thread; Cosmos's TLS connection, account and container reads), so the caller profile
+        # read after a bind does not. An archive outage must not keep spares from the pool.
+        try:
+            await asyncio.wait_for(archive.get_profile(PREWARM_PROBE_ID), ARCHIVE_WARM_S)
+        except (StorageError, TimeoutError) as exc:
+            log.warning("spare could not reach the archive: %s", type(exc).__name__)
         await self._listen()
         self._node_id = self._node_id or self._ray_node_id()
 

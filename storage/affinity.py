@@ -132,10 +132,10 @@ class AffinityStore(RedisConnection):
 
     def _register_scripts(self) -> None:
         super()._register_scripts()
-        self._claim_affinity = self._client.register_script(CLAIM_AFFINITY_LUA)
-        self._owner_affinity = self._client.register_script(OWNER_AFFINITY_LUA)
-        self._media_replica = self._client.register_script(MEDIA_REPLICA_LUA)
-        self._lease = self._client.register_script(LEASE_LUA)
+        self._claim_affinity = self._script(CLAIM_AFFINITY_LUA)
+        self._owner_affinity = self._script(OWNER_AFFINITY_LUA)
+        self._media_replica = self._script(MEDIA_REPLICA_LUA)
+        self._lease = self._script(LEASE_LUA)
 
     async def claim_affinity(
         self, record: AffinityRecord, *, lease_s: int = AFFINITY_LEASE_SECONDS

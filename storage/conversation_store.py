@@ -162,8 +162,8 @@ class ConversationStore(RedisConnection):
 
     def _register_scripts(self) -> None:
         super()._register_scripts()
-        self._checkpoint = self._client.register_script(CHECKPOINT_LUA)
-        self._migrate = self._client.register_script(MIGRATE_LUA)
+        self._checkpoint = self._script(CHECKPOINT_LUA)
+        self._migrate = self._script(MIGRATE_LUA)
 
     def _conv_keys(self, conversation_id: str) -> tuple[str, str, str]:
         k = self.keys.conversation_key

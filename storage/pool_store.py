@@ -53,9 +53,9 @@ class PoolStore(RedisConnection):
 
     def _register_scripts(self) -> None:
         super()._register_scripts()
-        self._bind_call_actor = self._client.register_script(BIND_CALL_ACTOR_LUA)
-        self._claim_spare = self._client.register_script(CLAIM_SPARE_LUA)
-        self._settle_claim = self._client.register_script(SETTLE_CLAIM_LUA)
+        self._bind_call_actor = self._script(BIND_CALL_ACTOR_LUA)
+        self._claim_spare = self._script(CLAIM_SPARE_LUA)
+        self._settle_claim = self._script(SETTLE_CLAIM_LUA)
 
     def _spares_key(self, pool: str) -> str:
         return self.keys.worker_key(pool, Component.SPARES)

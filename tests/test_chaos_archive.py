@@ -18,6 +18,7 @@ import ray
 
 from actors.activation import aget_or_activate, get_call_actor
 from actors.config import CallActorConfig
+from actors.pool import WarmPool
 from actors.stream_client import open_stream
 from simulator.wire import transcription_data
 from storage.archive_drainer import ArchiveDrainer
@@ -206,6 +207,36 @@ async def test_cosmos_stopped_at_hang_up_each_call_is_archived_once_by_the_drain
     finally:
         for store in stores:
             await store.close()
+
+
+@pytest.mark.slow
+async def test_cosmos_stopped_the_pool_still_fills_and_binds_calls(
+    emulator: CosmosEmulator, cosmos_config: CallActorConfig, redis_mgr: AsyncAzureRedisManager
+) -> None:
+    """A spare reads the archive once before joining the pool, to open its client ahead of
+    calls. With Cosmos stopped that read gives up within ARCHIVE_WARM_S: the spare still joins,
+    and a call binds it with no cold start."""
+    await asyncio.to_thread(emulator.stop)
+    pool = WarmPool(
+        redis_mgr, cosmos_config, owner=f"gw-{uuid.uuid4().hex[:6]}", min_spares=1, max_spares=1
+    )
+    try:
+        await pool.refill_once()
+        await eventually(_spares(pool, 1), timeout=60)
+        call_id = f"cosmos-down-spare-{uuid.uuid4().hex[:8]}"
+        handle, _ = await pool.activate(call_id, {"caller_id": CALLER})
+        assert pool.cold_starts == 0
+        assert (await handle.info.remote())["call_id"] == call_id
+        await handle.shutdown.remote("test")
+    finally:
+        await pool.retire_all()
+
+
+def _spares(pool: WarmPool, n: int) -> Callable[[], Any]:
+    async def enough() -> bool:
+        return await pool.spare_count() >= n
+
+    return enough
 
 
 async def _queued(redis_mgr: AsyncAzureRedisManager, call_id: str) -> bool:

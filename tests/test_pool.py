@@ -5,6 +5,7 @@ and a fresh process for every call."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import time
@@ -15,11 +16,13 @@ from typing import Any
 import orjson
 import pytest
 import ray
+import redis.asyncio as aioredis
 
 from actors.activation import SPARE_PREFIX, get_call_actor
 from actors.config import CallActorConfig
 from actors.pool import WarmPool, pool_target
 from actors.stream_client import open_stream
+from storage.conversation_store import CHECKPOINT_LUA
 from storage.redis_manager import AsyncAzureRedisManager
 from tests.helpers import eventually
 
@@ -81,9 +84,18 @@ def test_the_target_follows_demand_between_floor_and_ceiling() -> None:
 
 
 async def test_a_call_binds_a_warm_spare_and_the_pool_refills(
-    pool: WarmPool, redis_mgr: AsyncAzureRedisManager, config: CallActorConfig
+    pool: WarmPool,
+    redis_mgr: AsyncAzureRedisManager,
+    config: CallActorConfig,
+    redis_url: str,
 ) -> None:
-    await warm_up(pool, redis_mgr, 2)
+    checkpoint_sha = hashlib.sha1(CHECKPOINT_LUA.encode()).hexdigest()
+    async with aioredis.Redis.from_url(redis_url) as admin:
+        await admin.script_flush()  # as after a Redis restart
+        await warm_up(pool, redis_mgr, 2)
+        # A spare loads the scripts a call runs before it joins the pool, so a burst's binds
+        # do not each meet NOSCRIPT (the checkpoint script: only an actor runs it).
+        assert await admin.script_exists(checkpoint_sha) == [True]
     call_id = f"call-{uuid.uuid4().hex[:10]}"
     handle, endpoint = await pool.activate(call_id, {"caller_id": "+14255550100"})
     assert pool.cold_starts == 0 and await redis_mgr.call_actor(call_id) is not None

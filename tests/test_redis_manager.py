@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from redis.asyncio import BlockingConnectionPool, SSLConnection
 from redis.asyncio.cluster import RedisCluster
 
 from simulator.devstack.local_redis import LocalRedisServer, free_port
+from storage import affinity, conversation_store, pool_store
 from storage.affinity import AffinityRecord
 from storage.conversation_store import parse_legacy_session
 from storage.errors import (
@@ -227,6 +229,24 @@ async def test_stale_epoch_is_refused_and_writes_nothing(
         == 2
     )
     assert await redis_mgr.current_epoch(uid()) == 0
+
+
+def _every_script_sha() -> list[str]:
+    """The SHA1 of every Lua script the stores define (module constants named *_LUA)."""
+    modules = (affinity, conversation_store, pool_store)
+    scripts = [v for m in modules for k, v in vars(m).items() if k.endswith("_LUA")]
+    return [hashlib.sha1(lua.encode()).hexdigest() for lua in scripts]
+
+
+async def test_load_scripts_puts_every_script_in_a_redis_that_forgot_them(
+    redis_mgr: AsyncAzureRedisManager, admin: aioredis.Redis
+) -> None:
+    shas = _every_script_sha()
+    assert len(shas) == 9
+    await admin.script_flush()  # what a restart or a failover does
+    assert not any(await admin.script_exists(*shas))
+    await redis_mgr.load_scripts()
+    assert all(await admin.script_exists(*shas))
 
 
 async def test_load_of_unknown_conversation_is_none(redis_mgr: AsyncAzureRedisManager) -> None:

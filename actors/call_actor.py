@@ -336,11 +336,10 @@ class CallActor:
     def _make_voice(self, redis: AsyncAzureRedisManager) -> Speaker:
         cfg = self.config
         if cfg.speaker == "acs":
-            acs = cfg.settings.acs
-            assert acs.endpoint and acs.access_key
-            return AcsPlaySpeaker(
-                acs.endpoint, acs.access_key.get_secret_value(), self.call_id, voice=cfg.voice
-            )
+            credentials = cfg.settings.acs.rest_credentials()
+            assert credentials is not None  # CallActorConfig refuses speaker 'acs' without
+            endpoint, key = credentials
+            return AcsPlaySpeaker(endpoint, key, self.call_id, voice=cfg.voice)
         return PcmSpeaker(
             redis,
             self.media.outbound,

@@ -58,9 +58,11 @@ class CallActorConfig:
         for name in ("ring_seconds", "checkpoint_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
-        acs = self.settings.acs
-        if self.speaker == "acs" and not (acs.endpoint and acs.access_key):
-            raise ValueError("speaker 'acs' needs RTVOICE_ACS_ENDPOINT and RTVOICE_ACS_ACCESS_KEY")
+        if self.speaker == "acs" and self.settings.acs.rest_credentials() is None:
+            raise ValueError(
+                "speaker 'acs' needs RTVOICE_ACS_CONNECTION_STRING, or RTVOICE_ACS_ENDPOINT and "
+                "RTVOICE_ACS_ACCESS_KEY"
+            )
         check_responder(self.settings.assistant)  # RTVOICE_RESPONDER and its model settings
 
     @property

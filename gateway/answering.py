@@ -17,10 +17,34 @@ from azure.communication.callautomation.aio import CallAutomationClient
 
 from gateway.acs_events import IncomingCall
 from gateway.auth import UrlSecrets
+from storage.settings import AcsSettings
 
 CALLBACK_PATH = "/api/callbacks"
 MEDIA_PATH = "/ws/media"
 TRANSCRIPTION_PATH = "/ws/transcription"
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerOptions:
+    """What every call is answered with (``RTVOICE_ACS_*`` settings)."""
+
+    audio_format: str = "pcm16KMono"
+    audio_channel_type: str = "mixed"
+    locale: str = "en-US"
+    dtmf_tones: bool = True  # ACS sends DtmfData on the media socket only when asked to
+    # The Azure AI services resource linked to ACS: real ACS transcribes (and speaks text
+    # plays) through it. None: not sent (the stand-in needs none).
+    cognitive_services_endpoint: str | None = None
+
+    @classmethod
+    def from_settings(cls, acs: AcsSettings) -> AnswerOptions:
+        return cls(
+            audio_format=acs.audio_format,
+            audio_channel_type=acs.audio_channel_type,
+            locale=acs.transcription_locale,
+            dtmf_tones=acs.dtmf_tones,
+            cognitive_services_endpoint=acs.cognitive_services_endpoint,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +53,7 @@ class AnswerPlan:
     callback_url: str
     media_url: str
     transcription_url: str
-    audio_format: str
-    audio_channel_type: str
-    locale: str
+    options: AnswerOptions
 
 
 def websocket_base(public_url: str) -> str:
@@ -42,12 +64,7 @@ def websocket_base(public_url: str) -> str:
 
 
 def plan_answer(
-    public_url: str,
-    url_secrets: UrlSecrets,
-    *,
-    audio_format: str = "pcm16KMono",
-    audio_channel_type: str = "mixed",
-    locale: str = "en-US",
+    public_url: str, url_secrets: UrlSecrets, options: AnswerOptions | None = None
 ) -> AnswerPlan:
     """Per-call URLs, each carrying a fresh nonce and its HMAC so any replica can verify them."""
     nonce = url_secrets.new_nonce()
@@ -59,33 +76,34 @@ def plan_answer(
         callback_url=f"{base}{CALLBACK_PATH}?{query}",
         media_url=f"{ws}{MEDIA_PATH}?{query}",
         transcription_url=f"{ws}{TRANSCRIPTION_PATH}?{query}",
-        audio_format=audio_format,
-        audio_channel_type=audio_channel_type,
-        locale=locale,
+        options=options or AnswerOptions(),
     )
 
 
 async def answer_call(client: CallAutomationClient, call: IncomingCall, plan: AnswerPlan) -> str:
     """Answer with bidirectional media streaming and transcription; returns the call id."""
+    options = plan.options
     media = MediaStreamingOptions(
         transport_url=plan.media_url,
         transport_type="websocket",
         content_type="audio",
-        audio_channel_type=plan.audio_channel_type,
+        audio_channel_type=options.audio_channel_type,
         start_media_streaming=True,
         enable_bidirectional=True,
-        audio_format=AudioFormat(plan.audio_format),
+        audio_format=AudioFormat(options.audio_format),
+        enable_dtmf_tones=options.dtmf_tones,
     )
     transcription = TranscriptionOptions(
         transport_url=plan.transcription_url,
         transport_type="websocket",
-        locale=plan.locale,
+        locale=options.locale,
         start_transcription=True,
         enable_intermediate_results=True,
     )
     props = await client.answer_call(
         call.incoming_call_context,
         plan.callback_url,
+        cognitive_services_endpoint=options.cognitive_services_endpoint,
         media_streaming=media,
         transcription=transcription,
         operation_context="rtvoice-answer",

@@ -45,6 +45,7 @@ from gateway.answering import (
     CALLBACK_PATH,
     MEDIA_PATH,
     TRANSCRIPTION_PATH,
+    AnswerOptions,
     answer_call,
     plan_answer,
 )
@@ -84,9 +85,7 @@ class Gateway:
     verifier: JwtVerifier | None
     event_grid_auth: EventGridAuth | None
     metrics: GatewayMetrics
-    audio_format: str = "pcm16KMono"
-    audio_channel_type: str = "mixed"
-    locale: str = "en-US"
+    answer_options: AnswerOptions = field(default_factory=AnswerOptions)
     media_wait_s: float = 10.0
     # An answered call whose actor is not up this long after the answer is hung up.
     activation_timeout_s: float = 10.0
@@ -215,13 +214,7 @@ async def _reject_busy(gw: Gateway, call: IncomingCall) -> None:
 
 
 async def _answer_admitted(gw: Gateway, call: IncomingCall, received: float) -> None:
-    plan = plan_answer(
-        gw.public_url,
-        gw.url_secrets,
-        audio_format=gw.audio_format,
-        audio_channel_type=gw.audio_channel_type,
-        locale=gw.locale,
-    )
+    plan = plan_answer(gw.public_url, gw.url_secrets, gw.answer_options)
     try:
         call_id = await answer_call(gw.acs, call, plan)
         validate_identifier(call_id, "call connection id")

@@ -20,6 +20,7 @@ from actors.config import CallActorConfig
 from actors.pool import WarmPool
 from gateway.admission import Admission
 from gateway.affinity_routing import AffinityRouter
+from gateway.answering import AnswerOptions
 from gateway.app import Gateway
 from gateway.auth import EventGridAuth, JwtPolicy, JwtVerifier, SharedSecret, UrlSecrets
 from gateway.call_binding import CallBindings
@@ -39,33 +40,13 @@ WS_MAX_MESSAGE_BYTES = 1 << 20
 ENTRA_LOGIN = "https://login.microsoftonline.com"
 
 
-def parse_connection_string(value: str) -> tuple[str, str]:
-    """``endpoint=...;accesskey=...`` -> (endpoint, key), keeping the endpoint's scheme.
-
-    The SDK's own parser forces https, which a plain-http stand-in cannot serve.
-    """
-    parts: dict[str, str] = {}
-    for piece in value.split(";"):
-        name, sep, val = piece.partition("=")
-        if sep:
-            parts[name.strip().lower()] = val.strip()
-    endpoint, key = parts.get("endpoint"), parts.get("accesskey")
-    if not endpoint or not key:
-        raise ConfigError(
-            "RTVOICE_ACS_CONNECTION_STRING: expected 'endpoint=<url>;accesskey=<key>'"
-        )
-    return endpoint.rstrip("/"), key
-
-
 def acs_client(settings: AcsSettings) -> CallAutomationClient:
-    if settings.connection_string is not None:
-        endpoint, key = parse_connection_string(settings.connection_string.get_secret_value())
-    elif settings.endpoint and settings.access_key:
-        endpoint, key = settings.endpoint, settings.access_key.get_secret_value()
-    else:
+    credentials = settings.rest_credentials()
+    if credentials is None:
         raise ConfigError(
             "set RTVOICE_ACS_CONNECTION_STRING or RTVOICE_ACS_ENDPOINT + RTVOICE_ACS_ACCESS_KEY"
         )
+    endpoint, key = credentials
     return CallAutomationClient(endpoint, AzureKeyCredential(key))
 
 
@@ -163,9 +144,7 @@ def build_gateway(
         verifier=token_verifier(settings),
         event_grid_auth=event_grid_auth(gateway),
         metrics=metrics,
-        audio_format=settings.acs.audio_format,
-        audio_channel_type=settings.acs.audio_channel_type,
-        locale=settings.acs.transcription_locale,
+        answer_options=AnswerOptions.from_settings(settings.acs),
         media_wait_s=gateway.media_wait_s,
         activation_timeout_s=gateway.activation_timeout_s,
         # A spare actor already holds its slot: the spares are capacity as much as free slots.

@@ -96,8 +96,39 @@ class AcsSettings(_Group):
     audio_format: Literal["pcm16KMono", "pcm24KMono"] = "pcm16KMono"
     audio_channel_type: Literal["mixed", "unmixed"] = "mixed"
     transcription_locale: str = "en-US"
+    dtmf_tones: bool = True  # ask ACS for the caller's keypad tones on the media socket
+    # Azure AI services linked to the ACS resource (https://<name>.cognitiveservices.azure.com/):
+    # real ACS needs it for transcription and for playing text.
+    cognitive_services_endpoint: str | None = None
 
-    _endpoint = field_validator("endpoint")(_http_url)
+    _endpoint = field_validator("endpoint", "cognitive_services_endpoint")(_http_url)
+
+    def rest_credentials(self) -> tuple[str, str] | None:
+        """(endpoint, access key) for Call Automation REST requests, from the connection string
+        or from the endpoint and key; None when neither is set."""
+        if self.connection_string is not None:
+            return parse_connection_string(self.connection_string.get_secret_value())
+        if self.endpoint and self.access_key:
+            return self.endpoint, self.access_key.get_secret_value()
+        return None
+
+
+def parse_connection_string(value: str) -> tuple[str, str]:
+    """``endpoint=...;accesskey=...`` -> (endpoint, key), keeping the endpoint's scheme.
+
+    The SDK's own parser forces https, which a plain-http stand-in cannot serve.
+    """
+    parts: dict[str, str] = {}
+    for piece in value.split(";"):
+        name, sep, val = piece.partition("=")
+        if sep:
+            parts[name.strip().lower()] = val.strip()
+    endpoint, key = parts.get("endpoint"), parts.get("accesskey")
+    if not endpoint or not key:
+        raise ConfigError(
+            "RTVOICE_ACS_CONNECTION_STRING: expected 'endpoint=<url>;accesskey=<key>'"
+        )
+    return endpoint.rstrip("/"), key
 
 
 class GatewaySettings(_Group):
@@ -204,6 +235,8 @@ ENV_VARS: Final[dict[str, tuple[str, ...]]] = {
     "AUDIO_FORMAT": ("acs", "audio_format"),
     "AUDIO_CHANNEL_TYPE": ("acs", "audio_channel_type"),
     "TRANSCRIPTION_LOCALE": ("acs", "transcription_locale"),
+    "ACS_DTMF_TONES": ("acs", "dtmf_tones"),
+    "ACS_COGNITIVE_SERVICES_ENDPOINT": ("acs", "cognitive_services_endpoint"),
     "PUBLIC_URL": ("gateway", "public_url"),
     "GATEWAY_SECRET": ("gateway", "secret"),
     "EVENTGRID_SECRET": ("gateway", "eventgrid_secret"),

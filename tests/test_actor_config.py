@@ -25,6 +25,22 @@ def test_validation() -> None:
         CallActorConfig(Settings(redis_url="redis://x", responder="openai"))
 
 
+def test_acs_plays_with_a_connection_string_or_an_endpoint_and_key() -> None:
+    """The gateway answers with either form; the actor's ACS speaker takes either too."""
+    by_string = Settings(
+        redis_url="redis://x",
+        acs_connection_string=SecretStr("endpoint=http://127.0.0.1:5100/;accesskey=a2V5"),
+    )
+    by_parts = Settings(
+        redis_url="redis://x",
+        acs_endpoint="http://127.0.0.1:5100",
+        acs_access_key=SecretStr("a2V5"),
+    )
+    for settings in (by_string, by_parts):
+        cfg = CallActorConfig(settings, speaker="acs")
+        assert cfg.settings.acs.rest_credentials() == ("http://127.0.0.1:5100", "a2V5")
+
+
 def test_the_whole_settings_tree_reaches_the_actor() -> None:
     """Entra ID Cosmos settings (no key) arrive as read, with knobs and settings changed by name;
     paths are made absolute for workers whose working directory differs."""

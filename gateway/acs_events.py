@@ -1,6 +1,7 @@
 """ACS inbound HTTP payloads (Event Grid webhook, Call Automation callbacks) as typed models.
 
-Pure parsing: bytes in, models out, :class:`BadPayload` on anything malformed. No I/O here.
+Pure parsing: bytes in, models out, :class:`BadPayload` on a malformed body. No I/O here.
+A batch's malformed or unhandled events are left out and reported, not the batch refused.
 Every id and stored field is bounded at sizes real ACS uses (ACS_PROTOCOL.md), in UTF-8 bytes.
 """
 
@@ -16,7 +17,10 @@ INCOMING_CALL_EVENT = "Microsoft.Communication.IncomingCall"
 PARTICIPANTS_UPDATED_EVENT = "Microsoft.Communication.ParticipantsUpdated"
 CALLBACK_TYPE_PREFIX = "Microsoft.Communication."
 MAX_BODY_BYTES = 1 << 20
-MAX_EVENTS_PER_REQUEST = 100
+# Event Grid delivers up to 5,000 events a batch (maxEventsPerBatch) and never retries a 400, so a
+# lower cap loses whole batches. Call Automation's batch size is undocumented: the same cap. The
+# 1 MB body limit bounds the work either way.
+MAX_EVENTS_PER_REQUEST: Final[int] = 5_000
 MAX_ID_BYTES: Final[int] = 128  # event ids, callConnectionId, correlationId: GUID-like
 MAX_RAW_ID_BYTES: Final[int] = 256  # "8:acs:<guid>_<guid>", "4:+14255550123"
 MAX_SERVER_CALL_ID_BYTES: Final[int] = 1024  # base64 of a URL
@@ -25,7 +29,8 @@ MAX_DISPLAY_NAME_BYTES: Final[int] = 256
 MAX_CALL_CONTEXT_BYTES: Final[int] = 32 * 1024  # "can be several kilobytes"
 MAX_CUSTOM_CONTEXT_BYTES: Final[int] = 8 * 1024  # serialized
 
-# Every reason a refusal can carry: the gateway counts them as metric labels, so the set is closed.
+# Every reason a refusal or a skipped event can carry: the gateway counts them as metric labels,
+# so the set is closed. ``unknown_type`` and ``missing_callConnectionId`` only ever skip an event.
 Reason = Literal[
     "too_large",
     "invalid_json",
@@ -53,6 +58,31 @@ class BadPayload(ValueError):
     def __init__(self, reason: Reason) -> None:
         super().__init__(reason)
         self.reason: Reason = reason
+
+
+# The kind an identifier without ``kind`` has, as the Call Automation SDK reads it: first from the
+# typed member it carries (named like its kind), else from its rawId's prefix.
+TYPED_MEMBERS: Final[tuple[str, ...]] = (
+    "phoneNumber",
+    "communicationUser",
+    "microsoftTeamsUser",
+    "microsoftTeamsApp",
+    "teamsExtensionUser",
+)
+RAW_ID_KINDS: Final[tuple[tuple[str, str], ...]] = (
+    ("4:", "phoneNumber"),
+    ("8:acs:", "communicationUser"),  # a Teams extension user's too: looked up alike
+    ("8:dod-acs:", "communicationUser"),
+    ("8:gcch-acs:", "communicationUser"),
+    ("8:spool:", "communicationUser"),
+    ("8:teamsvisitor:", "microsoftTeamsUser"),
+    ("8:orgid:", "microsoftTeamsUser"),
+    ("8:dod:", "microsoftTeamsUser"),
+    ("8:gcch:", "microsoftTeamsUser"),
+    ("28:orgid:", "microsoftTeamsApp"),
+    ("28:dod:", "microsoftTeamsApp"),
+    ("28:gcch:", "microsoftTeamsApp"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +123,16 @@ class IncomingCall:
 
 @dataclass(frozen=True, slots=True)
 class EventGridPost:
-    """One webhook request: either a validation handshake or a batch of incoming calls."""
+    """One webhook request: either a validation handshake or a batch of incoming calls.
+
+    ``ignored`` counts well-formed events of other types; ``skipped`` holds the reason of each
+    malformed event left out of a batch that had usable ones.
+    """
 
     validation_code: str | None
     incoming_calls: list[IncomingCall]
     ignored: int
+    skipped: tuple[Reason, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +151,15 @@ class CallbackEvent:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "type": self.name, "data": self.data}
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackPost:
+    """One callback request: the events to route, and the reason each other event was skipped
+    (a type or an event not about a call, ignored; or malformed, in a batch with usable ones)."""
+
+    events: list[CallbackEvent]
+    skipped: tuple[Reason, ...] = ()
 
 
 def _load_array(body: bytes) -> list[Any]:
@@ -153,9 +197,7 @@ _CORRELATION_ID = _Field("correlationId", MAX_ID_BYTES, "oversized_id")
 _DISPLAY_NAME = _Field("callerDisplayName", MAX_DISPLAY_NAME_BYTES, "oversized_field")
 _EVENT_ID = _Field("id", MAX_ID_BYTES, "oversized_id", "missing_id")
 _EVENT_TYPE = _Field("type", MAX_NAME_BYTES, "oversized_field", "missing_type")
-_CALL_CONNECTION_ID = _Field(
-    "callConnectionId", MAX_ID_BYTES, "oversized_id", "missing_callConnectionId"
-)
+_CALL_CONNECTION_ID = _Field("callConnectionId", MAX_ID_BYTES, "oversized_id")  # absent: skipped
 
 
 def _str(obj: dict[str, Any], spec: _Field) -> str:
@@ -193,6 +235,17 @@ def _typed_member(obj: dict[str, Any]) -> tuple[str, str]:
     raise BadPayload("bad_identifier")
 
 
+def _inferred_kind(obj: dict[str, Any], raw_id: str) -> str:
+    """The kind of an identifier sent without one, so a caller's profile lookup still hits."""
+    for member in TYPED_MEMBERS:
+        if isinstance(obj.get(member), dict):
+            return member
+    for prefix, kind in RAW_ID_KINDS:
+        if raw_id.startswith(prefix):
+            return kind
+    return "unknown"
+
+
 def parse_identifier(obj: Any) -> Identifier:
     if not isinstance(obj, dict):
         raise BadPayload("bad_identifier")
@@ -200,11 +253,12 @@ def parse_identifier(obj: Any) -> Identifier:
     kind = obj.get("kind")
     if raw_id is None or raw_id == "":
         raw_id, kind = _typed_member(obj)
-    if not isinstance(kind, str):
-        kind = "unknown"
-    elif len(kind.encode()) > MAX_NAME_BYTES:
+    if isinstance(kind, str) and len(kind.encode()) > MAX_NAME_BYTES:
         raise BadPayload("oversized_field")
-    return Identifier(kind=kind, raw_id=_raw_id(raw_id))
+    raw_id = _raw_id(raw_id)
+    if not isinstance(kind, str) or kind == "":
+        kind = _inferred_kind(obj, raw_id)
+    return Identifier(kind=kind, raw_id=raw_id)
 
 
 def _custom_context(data: dict[str, Any]) -> dict[str, Any]:
@@ -232,25 +286,55 @@ def _incoming_call(data: dict[str, Any]) -> IncomingCall:
     )
 
 
+def _refuse_unless_usable(malformed: list[Reason], usable: int) -> None:
+    """Refuse a batch with nothing usable in it, for its first malformed event's reason.
+
+    A batch with usable events (handled or ignored) is acknowledged: Event Grid never retries a
+    400, so refusing it would lose its good events along with the bad."""
+    if malformed and not usable:
+        raise BadPayload(malformed[0])
+
+
+def _grid_event_type(event: dict[str, Any]) -> Any:
+    """``eventType`` in the Event Grid schema, ``type`` in the CloudEvents 1.0 one."""
+    event_type = event.get("eventType")
+    return event.get("type") if event_type is None else event_type
+
+
+def _grid_event(event: Any) -> IncomingCall | str | None:
+    """One Event Grid event: an incoming call, a validation code, or None for another type."""
+    if not isinstance(event, dict):
+        raise BadPayload("bad_event")
+    data = event.get("data")
+    if not isinstance(data, dict):
+        raise BadPayload("missing_data")
+    event_type = _grid_event_type(event)
+    if event_type == VALIDATION_EVENT:
+        return _str(data, _VALIDATION_CODE)
+    if event_type == INCOMING_CALL_EVENT:
+        return _incoming_call(data)
+    return None
+
+
 def parse_event_grid(body: bytes) -> EventGridPost:
-    """Parse an Event Grid webhook body (Event Grid schema, JSON array)."""
-    events = _load_array(body)
+    """Parse an Event Grid webhook body (Event Grid or CloudEvents 1.0 schema, JSON array)."""
     calls: list[IncomingCall] = []
     ignored = 0
-    for event in events:
-        if not isinstance(event, dict):
-            raise BadPayload("bad_event")
-        event_type = event.get("eventType")
-        data = event.get("data")
-        if not isinstance(data, dict):
-            raise BadPayload("missing_data")
-        if event_type == VALIDATION_EVENT:
-            return EventGridPost(_str(data, _VALIDATION_CODE), [], 0)
-        if event_type != INCOMING_CALL_EVENT:
-            ignored += 1
+    malformed: list[Reason] = []
+    for event in _load_array(body):
+        try:
+            parsed = _grid_event(event)
+        except BadPayload as exc:
+            malformed.append(exc.reason)
             continue
-        calls.append(_incoming_call(data))
-    return EventGridPost(None, calls, ignored)
+        if isinstance(parsed, str):  # the handshake: it is the request's whole purpose
+            return EventGridPost(parsed, [], 0, tuple(malformed))
+        if parsed is None:
+            ignored += 1
+        else:
+            calls.append(parsed)
+    _refuse_unless_usable(malformed, usable=len(calls) + ignored)
+    return EventGridPost(None, calls, ignored, tuple(malformed))
 
 
 def _check_participants(data: dict[str, Any]) -> None:
@@ -268,17 +352,21 @@ def _check_participants(data: dict[str, Any]) -> None:
             _raw_id(raw)
 
 
-def _callback(event: Any) -> CallbackEvent:
+def _callback(event: Any) -> CallbackEvent | Reason:
+    """One callback event, or why it is skipped: ACS may send types and events we do not handle,
+    and they must be acknowledged (ACS_PROTOCOL.md). Malformed fields we use raise."""
     if not isinstance(event, dict):
         raise BadPayload("bad_event")
+    event_type = _str(event, _EVENT_TYPE)
+    if not event_type.startswith(CALLBACK_TYPE_PREFIX):
+        return "unknown_type"
     data = event.get("data")
     if not isinstance(data, dict):
         raise BadPayload("missing_data")
-    event_type = _str(event, _EVENT_TYPE)
-    if not event_type.startswith(CALLBACK_TYPE_PREFIX):
-        raise BadPayload("unknown_type")
-    event_id = _str(event, _EVENT_ID)
     call_connection_id = _str(data, _CALL_CONNECTION_ID)
+    if not call_connection_id:  # about no call: nothing to route it to
+        return "missing_callConnectionId"
+    event_id = _str(event, _EVENT_ID)
     _str(data, _SERVER_CALL_ID)  # carried to the actor: bounded like the IncomingCall's
     _str(data, _CORRELATION_ID)
     if event_type == PARTICIPANTS_UPDATED_EVENT:
@@ -288,6 +376,20 @@ def _callback(event: Any) -> CallbackEvent:
     )
 
 
-def parse_callbacks(body: bytes) -> list[CallbackEvent]:
+def parse_callbacks(body: bytes) -> CallbackPost:
     """Parse a Call Automation callback body (JSON array of CloudEvents 1.0)."""
-    return [_callback(event) for event in _load_array(body)]
+    events: list[CallbackEvent] = []
+    ignored: list[Reason] = []
+    malformed: list[Reason] = []
+    for event in _load_array(body):
+        try:
+            parsed = _callback(event)
+        except BadPayload as exc:
+            malformed.append(exc.reason)
+            continue
+        if isinstance(parsed, CallbackEvent):
+            events.append(parsed)
+        else:
+            ignored.append(parsed)
+    _refuse_unless_usable(malformed, usable=len(events) + len(ignored))
+    return CallbackPost(events, tuple(ignored + malformed))

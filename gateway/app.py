@@ -169,6 +169,8 @@ async def incoming_call(request: Request) -> Response:
         post = parse_event_grid(await _read_body(request))
     except BadPayload as exc:
         return _bad_payload(gw, "event_grid", exc)
+    for reason in post.skipped:  # malformed events left out of a batch that had good ones
+        gw.metrics.refuse("event_grid", reason)
     if post.validation_code is not None:
         return _json({"validationResponse": post.validation_code})
     for call in post.incoming_calls:
@@ -264,17 +266,22 @@ async def callbacks(request: Request) -> Response:
     except AuthError as exc:
         return _unauthorized(gw, "callback", exc.reason)
     try:
-        events = parse_callbacks(await _read_body(request))
+        post = parse_callbacks(await _read_body(request))
     except BadPayload as exc:
         return _bad_payload(gw, "callback", exc)
+    events = post.events
     try:
         call_id = _named_call(events)
         if call_id is not None:
-            CallBindings.check(await gw.bindings.lookup(call_id), nonce)
+            # ACS may post CallConnected to another replica before the answering one has
+            # bound the call: wait for the binding as the sockets do.
+            CallBindings.check(await gw.bindings.wait_for(call_id, gw.media_wait_s), nonce)
     except AuthError as exc:
         return _unauthorized(gw, "callback", exc.reason)
     except BindingUnavailable:
         return _unavailable(gw, "callback")
+    for reason in post.skipped:  # types we do not handle, events about no call, malformed ones
+        gw.metrics.refuse("callback", reason)
     for event in events:
         if event.call_connection_id != call_id:
             gw.metrics.refuse("callback", "other_leg")

@@ -6,6 +6,8 @@ readiness) but no ACS.
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -17,6 +19,7 @@ from actors.config import CallActorConfig
 from gateway.acs_events import MAX_BODY_BYTES
 from gateway.answering import MEDIA_PATH
 from gateway.app import Gateway, create_app
+from gateway.call_binding import CallBindings
 from gateway.service import build_gateway, event_grid_auth, token_verifier
 from simulator.devstack.local_redis import free_port
 from storage.keys import RedisKeyManager
@@ -101,6 +104,60 @@ async def test_callback_without_url_secret_is_401_and_counted(gateway: Gateway) 
     assert reply.json()["error"]["code"] == "Unauthorized"
     refused = gateway.metrics.render().decode()
     assert 'rtvoice_gateway_refused_total{input="callback"' in refused
+
+
+async def test_a_batch_keeps_its_good_events_and_counts_the_malformed_one(
+    gateway: Gateway,
+) -> None:
+    """Event Grid never retries a 400: one bad event must not take its batch's good ones."""
+    other = {"id": "2", "eventType": "Microsoft.Communication.CallEnded", "data": {}}
+    async with _client(gateway) as client:
+        reply = await client.post(WEBHOOK, content=orjson.dumps([{"id": "1"}, other]))
+    assert reply.status_code == 200
+    assert gateway.metrics.refused_count("event_grid", "missing_data") == 1
+
+
+def _callback_url(gw: Gateway) -> tuple[str, str]:
+    """A callback URL as the gateway hands ACS at answer time, and its nonce."""
+    nonce = gw.url_secrets.new_nonce()
+    return f"/api/callbacks?n={nonce}&s={gw.url_secrets.sign(nonce)}", nonce
+
+
+async def test_callback_types_the_gateway_does_not_handle_are_acknowledged(
+    gateway: Gateway,
+) -> None:
+    url, _ = _callback_url(gateway)
+    events = [
+        {"id": "e1", "type": "Contoso.Custom", "data": {}},
+        {"id": "e2", "type": "Microsoft.Communication.Future", "data": {"serverCallId": "s"}},
+    ]
+    async with _client(gateway) as client:
+        reply = await client.post(url, content=orjson.dumps(events))
+    assert reply.status_code == 200
+    assert gateway.metrics.refused_count("callback", "unknown_type") == 1
+    assert gateway.metrics.refused_count("callback", "missing_callConnectionId") == 1
+
+
+async def test_a_callback_that_overtakes_the_answer_waits_for_the_binding(
+    gateway: Gateway,
+) -> None:
+    """ACS may post CallConnected to a replica before the answering one has bound the call to
+    the URL's nonce: the callback waits for the binding (as the sockets do), not 401."""
+    url, nonce = _callback_url(gateway)
+    call_id = f"call-{uuid.uuid4().hex[:8]}"
+    data = {"callConnectionId": call_id, "serverCallId": "s", "correlationId": "r"}
+    event = {"id": "e1", "type": "Microsoft.Communication.CallConnected", "data": data}
+    answering_replica = CallBindings(gateway.redis)  # another replica's view of the same Redis
+
+    async def bind_soon() -> None:
+        await asyncio.sleep(0.3)
+        await answering_replica.bind(call_id, nonce, "r")
+
+    async with _client(gateway) as client:
+        reply, _ = await asyncio.gather(
+            client.post(url, content=orjson.dumps([event])), bind_soon()
+        )
+    assert reply.status_code == 200
 
 
 @pytest.mark.slow  # starts local Ray

@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 CALL_ID_HEADER = "x-ms-call-connection-id"
 CORRELATION_HEADER = "x-ms-call-correlation-id"
 EVENT_GRID_SECRET_PARAM = "code"
+MAX_ORIGIN_CHARS = 256  # WebHook-Request-Origin: a host name (eventgrid.azure.net)
 ANSWERED_CONTEXTS = 10_000  # local memory of answered contexts, for when Redis is down
 # Recording events may carry another call leg's id (ACS_PROTOCOL.md): acknowledged, not routed.
 OTHER_LEG_EVENTS = frozenset({"RecordingStateChanged"})
@@ -157,14 +158,8 @@ def _json(data: Any, code: int = status.HTTP_200_OK) -> Response:
 async def incoming_call(request: Request) -> Response:
     received = time.perf_counter()  # call set-up is timed from here to the actor ready
     gw: Gateway = request.app.state.gateway
-    if gw.event_grid_auth is not None:
-        try:
-            await gw.event_grid_auth.verify(
-                request.query_params.get(EVENT_GRID_SECRET_PARAM),
-                request.headers.get("authorization"),
-            )
-        except AuthError as exc:
-            return _unauthorized(gw, "event_grid", exc.reason)
+    if (refused := await _event_grid_refusal(gw, request)) is not None:
+        return refused
     try:
         post = parse_event_grid(await _read_body(request))
     except BadPayload as exc:
@@ -176,6 +171,36 @@ async def incoming_call(request: Request) -> Response:
     for call in post.incoming_calls:
         gw.spawn(_answer(gw, call, received))
     return Response(status_code=status.HTTP_200_OK)
+
+
+async def _event_grid_refusal(gw: Gateway, request: Request) -> Response | None:
+    """401 unless the request carries the webhook's secret or Entra token (when configured)."""
+    if gw.event_grid_auth is None:
+        return None
+    try:
+        await gw.event_grid_auth.verify(
+            request.query_params.get(EVENT_GRID_SECRET_PARAM),
+            request.headers.get("authorization"),
+        )
+    except AuthError as exc:
+        return _unauthorized(gw, "event_grid", exc.reason)
+    return None
+
+
+async def event_grid_handshake(request: Request) -> Response:
+    """The CloudEvents 1.0 webhook validation an Event Grid subscription in the CloudEvents
+    schema makes (HTTP OPTIONS): allow the origin that asks."""
+    gw: Gateway = request.app.state.gateway
+    if (refused := await _event_grid_refusal(gw, request)) is not None:
+        return refused
+    origin = request.headers.get("webhook-request-origin", "")
+    if not origin or len(origin) > MAX_ORIGIN_CHARS or not origin.isprintable():
+        gw.metrics.refuse("event_grid", "bad_origin")
+        return _json({"error": "bad_origin"}, status.HTTP_400_BAD_REQUEST)
+    headers = {"WebHook-Allowed-Origin": origin, "Allow": "POST, OPTIONS"}
+    if request.headers.get("webhook-request-rate"):
+        headers["WebHook-Allowed-Rate"] = "*"
+    return Response(status_code=status.HTTP_200_OK, headers=headers)
 
 
 async def _first_answer(gw: Gateway, call: IncomingCall) -> bool:
@@ -441,6 +466,7 @@ def create_app(gateway: Gateway) -> Starlette:
     app = Starlette(
         routes=[
             Route("/api/incoming-call", incoming_call, methods=["POST"]),
+            Route("/api/incoming-call", event_grid_handshake, methods=["OPTIONS"]),
             Route(CALLBACK_PATH, callbacks, methods=["POST"]),
             WebSocketRoute(MEDIA_PATH, media_socket),
             WebSocketRoute(TRANSCRIPTION_PATH, transcription_socket),

@@ -117,6 +117,22 @@ async def test_a_batch_keeps_its_good_events_and_counts_the_malformed_one(
     assert gateway.metrics.refused_count("event_grid", "missing_data") == 1
 
 
+async def test_cloudevents_webhook_validation_allows_the_origin(gateway: Gateway) -> None:
+    """An Event Grid subscription in the CloudEvents schema validates its webhook with OPTIONS
+    and WebHook-Request-Origin; the webhook's secret is still required."""
+    asks = {"WebHook-Request-Origin": "eventgrid.azure.net", "WebHook-Request-Rate": "120"}
+    async with _client(gateway) as client:
+        allowed = await client.options(WEBHOOK, headers=asks)
+        without_secret = await client.options("/api/incoming-call", headers=asks)
+        without_origin = await client.options(WEBHOOK)
+    assert allowed.status_code == 200
+    assert allowed.headers["WebHook-Allowed-Origin"] == "eventgrid.azure.net"
+    assert allowed.headers["WebHook-Allowed-Rate"] == "*"
+    assert without_secret.status_code == 401
+    assert without_origin.status_code == 400
+    assert gateway.metrics.refused_count("event_grid", "bad_origin") == 1
+
+
 def _callback_url(gw: Gateway) -> tuple[str, str]:
     """A callback URL as the gateway hands ACS at answer time, and its nonce."""
     nonce = gw.url_secrets.new_nonce()

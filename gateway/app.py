@@ -49,7 +49,7 @@ from gateway.answering import (
     answer_call,
     plan_answer,
 )
-from gateway.auth import AuthError, EventGridAuth, JwtVerifier, UrlSecrets
+from gateway.auth import AuthError, EventGridAuth, JwtVerifier, KeysUnavailable, UrlSecrets
 from gateway.call_binding import BindingUnavailable, CallBindings
 from gateway.dedupe import RecentIds
 from gateway.metrics import GatewayMetrics, RequestMetrics
@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 CALL_ID_HEADER = "x-ms-call-connection-id"
 CORRELATION_HEADER = "x-ms-call-correlation-id"
 EVENT_GRID_SECRET_PARAM = "code"
+JWKS_UNREACHABLE = "jwks_unreachable"  # refusal reason: the issuer's keys could not be fetched
 MAX_ORIGIN_CHARS = 256  # WebHook-Request-Origin: a host name (eventgrid.azure.net)
 ANSWERED_CONTEXTS = 10_000  # local memory of answered contexts, for when Redis is down
 # Recording events may carry another call leg's id (ACS_PROTOCOL.md): acknowledged, not routed.
@@ -123,10 +124,11 @@ def _unauthorized(gw: Gateway, input_kind: str, reason: str) -> Response:
     return _json(body, status.HTTP_401_UNAUTHORIZED)
 
 
-def _unavailable(gw: Gateway, input_kind: str) -> Response:
-    """Redis is down and this replica cannot check the call: ask ACS to retry later."""
-    gw.metrics.refuse(input_kind, "auth_state_unavailable")
-    return _json({"error": "auth_state_unavailable"}, status.HTTP_503_SERVICE_UNAVAILABLE)
+def _unavailable(gw: Gateway, input_kind: str, reason: str = "auth_state_unavailable") -> Response:
+    """This replica cannot check the request now (Redis down, or the token issuer's keys out
+    of reach): ask the sender to retry later. Event Grid and ACS retry a 503, not a 401."""
+    gw.metrics.refuse(input_kind, reason)
+    return _json({"error": reason}, status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
 async def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -184,6 +186,8 @@ async def _event_grid_refusal(gw: Gateway, request: Request) -> Response | None:
         )
     except AuthError as exc:
         return _unauthorized(gw, "event_grid", exc.reason)
+    except KeysUnavailable:
+        return _unavailable(gw, "event_grid", JWKS_UNREACHABLE)
     return None
 
 
@@ -290,6 +294,8 @@ async def callbacks(request: Request) -> Response:
         nonce = await _authenticate(gw, request.headers.get("authorization"), request.query_params)
     except AuthError as exc:
         return _unauthorized(gw, "callback", exc.reason)
+    except KeysUnavailable:
+        return _unavailable(gw, "callback", JWKS_UNREACHABLE)
     try:
         post = parse_callbacks(await _read_body(request))
     except BadPayload as exc:
@@ -368,8 +374,9 @@ async def _stream(websocket: WebSocket, stream: str) -> None:
         gw.metrics.refuse(stream, getattr(exc, "reason", "bad_call_id"))
         await websocket.close(status.WS_1008_POLICY_VIOLATION)
         return
-    except BindingUnavailable:
-        gw.metrics.refuse(stream, "auth_state_unavailable")
+    except (BindingUnavailable, KeysUnavailable) as exc:
+        keys = isinstance(exc, KeysUnavailable)
+        gw.metrics.refuse(stream, JWKS_UNREACHABLE if keys else "auth_state_unavailable")
         await websocket.close(status.WS_1013_TRY_AGAIN_LATER)
         return
     bridge = StreamBridge(

@@ -23,6 +23,11 @@ class AuthError(Exception):
         self.reason = reason
 
 
+class KeysUnavailable(Exception):
+    """The issuer's signing keys cannot be fetched: the request cannot be checked now (the
+    gateway's problem, not the sender's: ask for a retry, never refuse as unauthorized)."""
+
+
 @dataclass(frozen=True, slots=True)
 class JwtPolicy:
     issuer: str
@@ -66,7 +71,7 @@ class JwtVerifier:
         except jwt.ExpiredSignatureError:
             raise AuthError("expired_token") from None
         except jwt.PyJWKClientConnectionError:
-            raise AuthError("jwks_unreachable") from None
+            raise KeysUnavailable(self.policy.jwks_url) from None
         except jwt.PyJWTError:
             raise AuthError("invalid_token") from None
         return claims

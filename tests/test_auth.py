@@ -18,9 +18,11 @@ from gateway.auth import (
     EventGridAuth,
     JwtPolicy,
     JwtVerifier,
+    KeysUnavailable,
     SharedSecret,
     UrlSecrets,
 )
+from simulator.devstack.local_redis import free_port
 
 ISSUER = "https://acscallautomation.communication.azure.com"
 AUDIENCE = "resource-immutable-id"
@@ -90,6 +92,14 @@ async def test_bad_tokens_are_refused(
     with pytest.raises(AuthError) as info:
         await verifier.verify(make(signing_key))  # type: ignore[operator]
     assert info.value.reason == reason
+
+
+async def test_keys_out_of_reach_are_not_a_bad_token(signing_key: rsa.RSAPrivateKey) -> None:
+    """No JWKS to fetch is the gateway's problem: the caller is asked to retry, not refused."""
+    nowhere = f"http://127.0.0.1:{free_port()}/calling/keys"
+    verifier = JwtVerifier(JwtPolicy(ISSUER, nowhere, AUDIENCE))
+    with pytest.raises(KeysUnavailable):
+        await verifier.verify("Bearer " + _token(signing_key))
 
 
 def test_url_secrets_constant_time_verify() -> None:

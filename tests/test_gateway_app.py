@@ -22,6 +22,7 @@ from gateway.app import Gateway, create_app
 from gateway.call_binding import CallBindings
 from gateway.service import build_gateway, event_grid_auth, token_verifier
 from simulator.devstack.local_redis import free_port
+from simulator.jwt_issuer import JwtIssuer
 from storage.keys import RedisKeyManager
 from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import ConfigError, Settings
@@ -31,7 +32,7 @@ EVENT_GRID_SECRET = "event-grid-secret-0123456789"
 WEBHOOK = f"/api/incoming-call?code={EVENT_GRID_SECRET}"
 
 
-def _gateway(redis_url: str, keys: RedisKeyManager) -> Gateway:
+def _gateway(redis_url: str, keys: RedisKeyManager, **changes: object) -> Gateway:
     settings = Settings(
         redis_url=redis_url,
         public_url="http://127.0.0.1:1",
@@ -41,7 +42,7 @@ def _gateway(redis_url: str, keys: RedisKeyManager) -> Gateway:
         eventgrid_secret=SecretStr(EVENT_GRID_SECRET),
         insecure_dev=True,  # no ACS JWKS to check tokens against here
         replica_id="gw-test",
-    )
+    ).replace(**changes)
     redis_mgr = AsyncAzureRedisManager.from_url(redis_url, keys, op_timeout=0.5)
     return build_gateway(settings, redis_mgr, CallActorConfig.from_settings(settings))
 
@@ -174,6 +175,29 @@ async def test_a_callback_that_overtakes_the_answer_waits_for_the_binding(
             client.post(url, content=orjson.dumps([event])), bind_soon()
         )
     assert reply.status_code == 200
+
+
+async def test_tokens_unchecked_for_want_of_the_issuers_keys_ask_for_a_retry(
+    redis_url: str, key_manager: RedisKeyManager
+) -> None:
+    """ACS's signing keys out of reach: a callback gets 503 (ACS retries it) and a socket
+    1013, never 401 or 1008 as if ACS had sent a bad token."""
+    nowhere = f"http://127.0.0.1:{free_port()}/calling/keys"
+    gw = _gateway(redis_url, key_manager, acs_audience="acs-resource-id", acs_jwks_url=nowhere)
+    assert gw.verifier is not None
+    token = JwtIssuer(gw.verifier.policy.issuer, "acs-resource-id", nowhere).mint(300)
+    url, _ = _callback_url(gw)
+    event = {"id": "e1", "type": "Microsoft.Communication.CallConnected", "data": {}}
+    try:
+        async with _client(gw) as client:
+            reply = await client.post(
+                url, content=orjson.dumps([event]), headers={"Authorization": f"Bearer {token}"}
+            )
+        assert reply.status_code == 503
+        assert gw.metrics.refused_count("callback", "jwks_unreachable") == 1
+    finally:
+        await gw.acs.close()
+        await gw.redis.close()
 
 
 @pytest.mark.slow  # starts local Ray

@@ -140,13 +140,31 @@ def _opt_int(body: dict[str, Any], key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+_URL_SAFE: Final[bytes] = bytes.maketrans(b"-_", b"+/")
+
+
+def _decode_lenient(data: str) -> bytes:
+    """The base64 variants the strict decode refuses: unpadded, broken into lines, URL-safe.
+
+    Only for data the strict decode refused (the per-frame path decodes standard base64 once).
+    """
+    if not data.isascii():
+        raise InvalidMessage("bad_base64") from None  # not the strict decode's error as context
+    # bytes.split() splits on ASCII whitespace only; translate maps the URL-safe alphabet.
+    raw = b"".join(data.encode("ascii").split()).translate(_URL_SAFE)
+    try:
+        return binascii.a2b_base64(raw + b"=" * (-len(raw) % 4), strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise InvalidMessage("bad_base64") from None
+
+
 def _decode_pcm(data: str, silent: bool, frame_bytes: int | None) -> bytes:
     if not data and silent and frame_bytes:
         return bytes(frame_bytes)  # a silent frame may come without samples
     try:
         pcm = binascii.a2b_base64(data, strict_mode=True)  # validates, in C
     except (binascii.Error, ValueError):
-        raise InvalidMessage("bad_base64") from None
+        pcm = _decode_lenient(data)
     if not pcm or len(pcm) % 2 or (frame_bytes is not None and len(pcm) != frame_bytes):
         raise InvalidMessage("bad_frame_length")
     return pcm

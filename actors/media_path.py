@@ -37,6 +37,14 @@ log = logging.getLogger(__name__)
 
 BARGE_IN_RMS = 500.0  # int16 RMS above which an inbound frame counts as caller speech
 BARGE_IN_FRAMES = 3  # consecutive loud frames (60 ms) before playback is stopped
+FRAME_S = FRAME_MS / 1000.0
+# ACS sends a frame every 20 ms: frames that arrive faster are a backlog delivered late (held
+# while the actor was stopped, starting or behind), said before they arrived, and do not count
+# toward barge-in. Up to this much audio ahead of real time is a live stream's jitter.
+BACKLOG_ALLOWANCE_S = 0.1
+# The most audio ahead of real time the estimate holds: it drains at twice real time, so once
+# frames come at their pace again, barge-in by loudness is back within about this long.
+BACKLOG_MAX_S = 1.0
 
 
 def rms(pcm: bytes) -> float:
@@ -50,7 +58,8 @@ class MediaPath:
 
     ``on_final`` receives each final transcription result (the actor makes it a user turn; the
     media path runs it as a task, in arrival order); ``on_session_change`` is called when
-    something the call session stores changed (a tone, the transcription metadata).
+    something the call session stores changed (a tone, the transcription metadata). ``clock``
+    (monotonic seconds) times the frames' arrival.
     """
 
     def __init__(
@@ -60,6 +69,7 @@ class MediaPath:
         *,
         on_final: Callable[[TranscriptionData], Coroutine[Any, Any, None]],
         on_session_change: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -78,13 +88,15 @@ class MediaPath:
         self.tasks: set[asyncio.Task[Any]] = set()  # turns and playback stops in flight
         self._on_final = on_final
         self._on_session_change = on_session_change
+        self._clock = clock
         # Read once: the config derives them from settings, and every frame needs them.
         self._frame_bytes = config.frame_bytes
         self._sample_rate = config.sample_rate
         self._max_message_bytes = config.max_message_bytes
         self._media: list[ServerConnection] = []  # open media connections, the newest last
         self._loud_frames = 0
-        self._speaking_since: float | None = None  # when a frame first saw the reply playing
+        self._arrived = -math.inf  # when the last frame arrived (clock)
+        self._ahead_s = 0.0  # seconds of audio that arrived ahead of real time (see BACKLOG_*)
 
     def touch(self) -> None:
         """Something happened on the call: the idle watchdog starts over."""
@@ -132,6 +144,8 @@ class MediaPath:
     def _on_audio(self, msg: AudioData) -> None:
         self.metrics.frames_in += 1
         now = time.time()
+        # ACS's capture time: for the latency metrics only. Its clock is not ours (skewed, or
+        # recorded traffic replayed), so what barges in is decided by arrival, below.
         latency = frame_latency_s(msg.timestamp, now)
         if latency is not None:
             self.metrics.frame_seen(latency, captured_before_ready=now - latency < self.ready_at)
@@ -141,14 +155,16 @@ class MediaPath:
         elif overwritten:
             frames = -(-overwritten * 2 // self._frame_bytes)
             self.metrics.ring_overwritten_frames += frames
+        # Each frame adds its 20 ms; the time since the previous frame drains twice its length,
+        # so frames at their pace (even two at a time) keep it at a frame or two.
+        arrived = self._clock()
+        ahead = max(0.0, self._ahead_s - 2.0 * (arrived - self._arrived))
+        self._ahead_s = min(ahead + FRAME_S, BACKLOG_MAX_S)
+        self._arrived = arrived
+        # A backlog (held while the actor started, or queued behind a stall) was said before
+        # it arrived, and before a reply that started meanwhile: it does not interrupt it.
+        fresh = self._ahead_s <= BACKLOG_ALLOWANCE_S
         speaking = self.speaker is not None and self.speaker.speaking
-        if not speaking:
-            self._speaking_since = None
-        elif self._speaking_since is None:
-            self._speaking_since = now
-        # Audio captured before the reply began (held while the actor started, or queued
-        # behind a stall) was said before it: it does not interrupt it.
-        fresh = latency is None or now - latency >= (self._speaking_since or now)
         if speaking and fresh and not msg.silent and rms(msg.pcm) >= BARGE_IN_RMS:
             self._loud_frames += 1
             if self._loud_frames >= BARGE_IN_FRAMES:

@@ -150,3 +150,37 @@ def test_an_oversized_or_unprintable_participant_id_is_refused() -> None:
         )
         with pytest.raises(InvalidMessage, match="bad_participant"):
             parse_message(message)
+
+
+def _with_data(data: str) -> str:
+    body = {"timestamp": "2024-11-15T19:16:12.925Z", "participantRawID": "4:+1425", "data": data}
+    return orjson.dumps({"kind": "AudioData", "audioData": body}).decode()
+
+
+STANDARD = base64.b64encode(PCM).decode()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        STANDARD.rstrip("="),  # unpadded
+        STANDARD[:76] + "\n" + STANDARD[76:],  # a MIME line break
+        STANDARD[:76] + "\r\n" + STANDARD[76:-4] + " \t" + STANDARD[-4:] + "\n",
+        base64.urlsafe_b64encode(PCM).decode(),  # URL-safe alphabet, padded
+        base64.urlsafe_b64encode(PCM).decode().rstrip("="),  # URL-safe, unpadded
+    ],
+)
+def test_audio_data_in_other_base64_forms_decodes_to_the_same_pcm(data: str) -> None:
+    assert data != STANDARD
+    msg = parse_message(_with_data(data), frame_bytes=640)
+    assert isinstance(msg, AudioData) and msg.pcm == PCM
+
+
+@pytest.mark.parametrize(
+    "data",
+    ["!!notbase64!!", "A", "A===", "AAAA=AAA", "AA*A", "AAAé", "AA\x00A", STANDARD[:-3]],
+)
+def test_audio_data_garbage_is_still_bad_base64(data: str) -> None:
+    with pytest.raises(InvalidMessage) as info:
+        parse_message(_with_data(data), frame_bytes=640)
+    assert info.value.reason == "bad_base64"

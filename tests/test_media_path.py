@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import numpy as np
 import orjson
+import pytest
 
 from actors.acs_media import TranscriptionData
 from actors.config import CallActorConfig
-from actors.media_path import BARGE_IN_FRAMES, MediaPath
+from actors.media_path import BACKLOG_MAX_S, BARGE_IN_FRAMES, FRAME_S, MediaPath
 from actors.metrics import LiveMetrics
 from actors.stream_server import ServerConnection
 from storage.settings import Settings
@@ -47,14 +49,19 @@ class FakeSpeaker:
 
 
 class Harness:
-    """A media path with recording callbacks."""
+    """A media path with recording callbacks, and its own clock for the messages' arrival."""
 
     def __init__(self, **changes: Any) -> None:
         config = CallActorConfig.from_settings(Settings(), redis_url="redis://unused", **changes)
         self.finals: list[TranscriptionData] = []
         self.session_changes = 0
+        self.now = 1000.0
         self.media = MediaPath(
-            config, LiveMetrics(), on_final=self._on_final, on_session_change=self._changed
+            config,
+            LiveMetrics(),
+            on_final=self._on_final,
+            on_session_change=self._changed,
+            clock=lambda: self.now,
         )
 
     async def _on_final(self, msg: TranscriptionData) -> None:
@@ -63,8 +70,13 @@ class Harness:
     def _changed(self) -> None:
         self.session_changes += 1
 
-    def feed(self, *docs: dict[str, Any], conn: FakeConnection | None = None) -> None:
+    def feed(
+        self, *docs: dict[str, Any], conn: FakeConnection | None = None, pace: float = FRAME_S
+    ) -> None:
+        """Each message arrives ``pace`` seconds after the previous one: by default as ACS sends
+        frames live; 0 is a backlog delivered at once."""
         for doc in docs:
+            self.now += pace
             self.media.on_message(cast(ServerConnection, conn), orjson.dumps(doc))
 
     def open(self, stream: str, *, alive: bool = True) -> FakeConnection:
@@ -132,15 +144,103 @@ async def test_loud_caller_frames_during_playback_barge_in() -> None:
     assert [doc["Kind"] for doc in media_conn.sent] == ["StopAudio"]
 
 
-def test_words_said_before_the_reply_began_do_not_interrupt_it() -> None:
+def stamp(offset_s: float = 0.0) -> str:
+    """An ACS capture timestamp, ``offset_s`` from our clock."""
+    return (datetime.now(UTC) + timedelta(seconds=offset_s)).isoformat()
+
+
+async def test_words_said_before_the_reply_began_do_not_interrupt_it() -> None:
     """Chaos finding: a call answered while its actor started slowly delivers the caller's line
-    in a burst with its final transcript; the reply starts before the burst's last frames."""
+    in a burst with its final transcript; the reply starts before the burst's last frames.
+
+    Told by arrival alone: the burst's timestamps look live (as with an ACS clock ahead of ours).
+    """
+    path = Harness()
+    speaker = FakeSpeaker(speaking=False)
+    path.media.speaker = cast(Any, speaker)
+    path.feed(*[audio(2000, timestamp=stamp())] * 40, pace=0.0)  # 0.8 s of the caller's line
+    speaker.speaking = True  # the reply starts
+    path.media.outbound.enqueue(b"\x00" * FRAME * 10)
+    path.feed(*[audio(2000, timestamp=stamp())] * 10, pace=0.0)  # the rest of the burst
+    assert path.media.metrics.barge_ins == 0 and len(path.media.outbound) == 10
+    # Then the stream is live again: the caller listens, then talks over the reply.
+    path.feed(*[audio(10, timestamp=stamp())] * 50)
+    assert path.media.metrics.barge_ins == 0
+    path.feed(*[audio(2000, timestamp=stamp())] * BARGE_IN_FRAMES)
+    assert path.media.metrics.barge_ins == 1 and len(path.media.outbound) == 0
+    await settled(path.media)
+
+
+def test_frames_that_arrived_before_the_reply_began_do_not_count() -> None:
+    path = Harness()
+    speaker = FakeSpeaker(speaking=False)
+    path.media.speaker = cast(Any, speaker)
+    path.feed(*[audio(2000)] * (BARGE_IN_FRAMES - 1))
+    speaker.speaking = True
+    path.feed(audio(2000))
+    assert path.media.metrics.barge_ins == 0  # the count starts with the reply
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        lambda: stamp(-2.0),  # ACS's clock 2 s behind ours
+        lambda: stamp(+2.0),  # ... or ahead: a latency below 0, a bad timestamp
+        lambda: "2024-11-15T19:16:12.925Z",  # recorded traffic, replayed
+        lambda: "",  # none
+        lambda: "not a time",
+    ],
+    ids=["behind", "ahead", "recorded", "none", "unparsable"],
+)
+async def test_acs_clock_does_not_decide_barge_in(timestamp: Callable[[], str]) -> None:
     path = Harness()
     path.media.speaker = cast(Any, FakeSpeaker())
     path.media.outbound.enqueue(b"\x00" * FRAME * 10)
-    said = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
-    path.feed(*[audio(2000, timestamp=said)] * (2 * BARGE_IN_FRAMES))
-    assert path.media.metrics.barge_ins == 0 and len(path.media.outbound) == 10
+    path.feed(*[audio(10, timestamp=timestamp())] * 5)  # the reply plays; the caller listens
+    assert path.media.metrics.barge_ins == 0
+    path.feed(*[audio(2000, timestamp=timestamp())] * BARGE_IN_FRAMES)
+    assert path.media.metrics.barge_ins == 1 and len(path.media.outbound) == 0
+    await settled(path.media)
+
+
+def test_the_acs_timestamp_still_measures_latency() -> None:
+    path = Harness()
+    path.media.ready_at = time.time() - 60.0
+    path.feed(*[audio(10, timestamp=stamp(-2.0))] * 5)
+    path.feed(*[audio(10, timestamp="2024-11-15T19:16:12.925Z")] * 3)
+    snap = path.media.metrics.snapshot()
+    assert 1900.0 < snap["frame_latency_ms_p50"] < 2500.0
+    assert snap["bad_timestamps"] == 3
+
+
+async def test_after_a_backlog_loud_frames_barge_in_within_its_cap() -> None:
+    path = Harness()
+    speaker = FakeSpeaker(speaking=False)
+    path.media.speaker = cast(Any, speaker)
+    path.feed(*[audio(2000)] * 200, pace=0.0)  # 5 s held behind a stalled actor, all loud
+    speaker.speaking = True  # the reply to it starts before its last second arrives
+    path.media.outbound.enqueue(b"\x00" * FRAME * 10)
+    path.feed(*[audio(2000)] * 50, pace=0.0)
+    assert path.media.metrics.barge_ins == 0
+    live = 0
+    while not path.media.metrics.barge_ins:
+        path.feed(audio(2000))
+        live += 1
+    assert live <= round(BACKLOG_MAX_S / FRAME_S) + BARGE_IN_FRAMES
+    await settled(path.media)
+
+
+async def test_live_frames_delivered_in_pairs_barge_in() -> None:
+    path = Harness()
+    path.media.speaker = cast(Any, FakeSpeaker())
+    for _ in range(25):  # jitter: two frames at a time, every 40 ms
+        path.feed(audio(10), pace=2 * FRAME_S)
+        path.feed(audio(10), pace=0.0)
+    path.feed(audio(2000), pace=2 * FRAME_S)
+    path.feed(audio(2000), pace=0.0)
+    path.feed(audio(2000), pace=2 * FRAME_S)
+    assert path.media.metrics.barge_ins == 1
+    await settled(path.media)
 
 
 async def test_caller_words_during_playback_barge_in_and_only_final_ones_are_handed_over() -> None:

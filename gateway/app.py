@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from actors.acs_media import InvalidMessage, TranscriptionMetadata, parse_message
 from actors.call_state import CallEnded
 from gateway.acs_events import (
     MAX_BODY_BYTES,
@@ -365,9 +366,7 @@ async def _stream(websocket: WebSocket, stream: str) -> None:
     headers = websocket.headers
     try:
         nonce = await _authenticate(gw, headers.get("authorization"), websocket.query_params)
-        call_id = validate_identifier(headers.get(CALL_ID_HEADER, ""), "call id")
-        if len(call_id.encode()) > MAX_ID_BYTES:
-            raise AuthError("bad_call_id")
+        call_id, first = await stream_call_id(websocket, stream, gw.media_wait_s)
         binding = await gw.bindings.wait_for(call_id, gw.media_wait_s)
         CallBindings.check(binding, nonce, headers.get(CORRELATION_HEADER))
     except (AuthError, ValueError) as exc:
@@ -386,6 +385,7 @@ async def _stream(websocket: WebSocket, stream: str) -> None:
         gw.router.resolve,
         gw.metrics,
         direct=direct_text(websocket.scope),
+        first=first,
     )
     gw.metrics.open_sockets.labels(stream=stream).inc()
     try:
@@ -403,6 +403,34 @@ async def _stream(websocket: WebSocket, stream: str) -> None:
         await gw.router.release_socket(call_id, stream)
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # ACS may have gone already
         await websocket.close(code)
+
+
+async def stream_call_id(
+    websocket: WebSocket, stream: str, wait_s: float
+) -> tuple[str, str | None]:
+    """The call an ACS socket is for, and the message read to learn it (None: none read).
+
+    ACS names the call in the ``x-ms-call-connection-id`` header (ACS_PROTOCOL.md section 4).
+    A transcription socket without it is named by its first message, TranscriptionMetadata
+    (section 5). Either way the URL's nonce must then be the one issued for that call."""
+    named = websocket.headers.get(CALL_ID_HEADER)
+    first = None
+    if not named and stream == "transcription":
+        try:
+            first = await asyncio.wait_for(websocket.receive_text(), wait_s)
+            metadata = parse_message(first)
+        except (TimeoutError, InvalidMessage, KeyError, WebSocketDisconnect):
+            raise AuthError("bad_call_id") from None  # KeyError: a binary message
+        if not isinstance(metadata, TranscriptionMetadata):
+            raise AuthError("bad_call_id")
+        named = metadata.call_connection_id
+    try:
+        call_id = validate_identifier(named or "", "call id")
+    except ValueError:
+        raise AuthError("bad_call_id") from None
+    if len(call_id.encode()) > MAX_ID_BYTES:
+        raise AuthError("bad_call_id")
+    return call_id, first
 
 
 async def media_socket(websocket: WebSocket) -> None:

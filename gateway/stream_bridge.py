@@ -71,6 +71,7 @@ class StreamBridge:
         # stalled: an actor briefly behind (a burst, a busy CPU) loses nothing.
         stall_s: float = 1.0,
         direct: DirectText | None = None,  # the WebSocket's direct lane, when it has one
+        first: str | None = None,  # a message already read from ACS: the actor gets it first
     ) -> None:
         self.websocket = websocket
         self.call_id = call_id
@@ -80,7 +81,7 @@ class StreamBridge:
         # Label lookups resolved once, not per frame.
         self._frames_in = metrics.frames.labels(stream=stream, direction="in")
         self._frames_out = metrics.frames.labels(stream=stream, direction="out")
-        self._pending: deque[str] = deque(maxlen=replay_limit)
+        self._pending: deque[str] = deque(() if first is None else (first,), maxlen=replay_limit)
         self._max_message_bytes = max_message_bytes
         self._deadline_s = reconnect_deadline_s
         self._backlog_limit = backlog_limit

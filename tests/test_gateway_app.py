@@ -14,11 +14,16 @@ import httpx
 import orjson
 import pytest
 from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket
 
 from actors.config import CallActorConfig
 from gateway.acs_events import MAX_BODY_BYTES
 from gateway.answering import MEDIA_PATH
-from gateway.app import Gateway, create_app
+from gateway.app import Gateway, create_app, stream_call_id
+from gateway.auth import AuthError
 from gateway.call_binding import CallBindings
 from gateway.service import build_gateway, event_grid_auth, token_verifier
 from simulator.devstack.local_redis import free_port
@@ -198,6 +203,45 @@ async def test_tokens_unchecked_for_want_of_the_issuers_keys_ask_for_a_retry(
     finally:
         await gw.acs.close()
         await gw.redis.close()
+
+
+def _named_by(headers: dict[str, str], stream: str, *messages: str) -> dict[str, object]:
+    """What ``stream_call_id`` makes of a socket with ``headers`` that sends ``messages``."""
+
+    async def endpoint(websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            call_id, first = await stream_call_id(websocket, stream, wait_s=5.0)
+        except AuthError as exc:
+            await websocket.send_json({"refused": exc.reason})
+        else:
+            await websocket.send_json({"call_id": call_id, "first": first})
+        await websocket.close()
+
+    app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+    with TestClient(app) as client, client.websocket_connect("/ws", headers=headers) as ws:
+        for message in messages:
+            ws.send_text(message)
+        return dict(ws.receive_json())
+
+
+def test_a_socket_is_named_by_its_header_or_by_transcription_metadata() -> None:
+    """ACS names the call in x-ms-call-connection-id; a transcription socket without the
+    header is named by its TranscriptionMetadata, which then reaches the actor first."""
+    metadata = orjson.dumps(
+        {
+            "kind": "TranscriptionMetadata",
+            "transcriptionMetadata": {"subscriptionId": "s", "locale": "en-US",
+                                      "callConnectionId": "call-7", "correlationId": "r"},
+        }
+    ).decode()  # fmt: skip
+    header = {"x-ms-call-connection-id": "call-7"}
+    assert _named_by(header, "media") == {"call_id": "call-7", "first": None}
+    assert _named_by({}, "transcription", metadata) == {"call_id": "call-7", "first": metadata}
+    assert _named_by({}, "media") == {"refused": "bad_call_id"}
+    audio = orjson.dumps({"kind": "AudioData", "audioData": {"data": "AAAA"}}).decode()
+    assert _named_by({}, "transcription", audio) == {"refused": "bad_call_id"}
+    assert _named_by({}, "transcription", "not json") == {"refused": "bad_call_id"}
 
 
 @pytest.mark.slow  # starts local Ray

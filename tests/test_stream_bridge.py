@@ -216,6 +216,23 @@ async def test_frames_are_forwarded_in_order_and_outbound_sent_back(
     assert ws.closed == []  # the gateway, not the bridge, closes a socket ACS closed
 
 
+async def test_a_message_read_before_the_bridge_reaches_the_actor_first(
+    call_id: str, metrics: GatewayMetrics, actors: list[Actor]
+) -> None:
+    """The gateway reads a header-less transcription socket's first message to learn its call
+    (gateway/app.py stream_call_id): the actor gets that message before any other."""
+    actor = actors[0]
+    ws, resolver = FakeWebSocket(), Resolver(actor.endpoint)
+    first = '{"kind":"TranscriptionMetadata","seq":0}'
+    bridge = make_bridge(ws, call_id, resolver, metrics, first=first)
+    async with running(bridge) as task:
+        ws.text('{"kind":"TranscriptionData","seq":1}')
+        await eventually(lambda: len(actor.handler.messages) == 2, 10)
+        assert actor.texts() == [first, '{"kind":"TranscriptionData","seq":1}']
+        ws.disconnect()
+        assert await task == NORMAL_CLOSURE
+
+
 async def test_actor_going_away_reconnects_and_replays_buffered_frames(
     call_id: str, metrics: GatewayMetrics, actors: list[Actor]
 ) -> None:

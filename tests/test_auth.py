@@ -33,8 +33,7 @@ def signing_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-@pytest.fixture(scope="module")
-def jwks_url(signing_key: rsa.RSAPrivateKey) -> Iterator[str]:
+def _serve_jwks(signing_key: rsa.RSAPrivateKey) -> ThreadingHTTPServer:
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(signing_key.public_key()))
     jwk.update(kid="k1", use="sig", alg="RS256")
     body = json.dumps({"keys": [jwk]}).encode()
@@ -51,7 +50,17 @@ def jwks_url(signing_key: rsa.RSAPrivateKey) -> Iterator[str]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/calling/keys"
+    return server
+
+
+def _keys_url(server: ThreadingHTTPServer) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}/calling/keys"
+
+
+@pytest.fixture(scope="module")
+def jwks_url(signing_key: rsa.RSAPrivateKey) -> Iterator[str]:
+    server = _serve_jwks(signing_key)
+    yield _keys_url(server)
     server.shutdown()
 
 
@@ -100,6 +109,21 @@ async def test_keys_out_of_reach_are_not_a_bad_token(signing_key: rsa.RSAPrivate
     verifier = JwtVerifier(JwtPolicy(ISSUER, nowhere, AUDIENCE))
     with pytest.raises(KeysUnavailable):
         await verifier.verify("Bearer " + _token(signing_key))
+
+
+async def test_a_known_key_needs_no_key_set_read(
+    signing_key: rsa.RSAPrivateKey,
+) -> None:
+    """Keys are remembered by kid: a token with a known kid needs no JWKS read (nor a thread),
+    and still gets every check."""
+    server = _serve_jwks(signing_key)
+    verifier = JwtVerifier(JwtPolicy(ISSUER, _keys_url(server), AUDIENCE))
+    await verifier.verify("Bearer " + _token(signing_key))
+    server.shutdown()
+    server.server_close()  # the key set is out of reach from now on
+    assert (await verifier.verify("Bearer " + _token(signing_key)))["aud"] == AUDIENCE
+    with pytest.raises(AuthError, match="invalid_token"):  # still every check on every token
+        await verifier.verify("Bearer " + _token(signing_key, aud="other"))
 
 
 def test_url_secrets_constant_time_verify() -> None:

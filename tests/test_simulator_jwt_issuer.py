@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import jwt
 import pytest
 
-from simulator.jwt_issuer import CALLBACK_TOKEN_LIFETIME_S, TokenFault
+from simulator.jwt_issuer import (
+    CALLBACK_TOKEN_LIFETIME_S,
+    MEDIA_TOKEN_LIFETIME_S,
+    REUSE_FRACTION,
+    JwtIssuer,
+    TokenFault,
+)
 from simulator.service import AcsStandIn
 
 
@@ -58,3 +65,16 @@ def test_issuer_and_audience_are_configurable() -> None:
     assert config["issuer"] == "https://issuer.test"
     assert config["jwks_uri"] == acs.jwks_url
     assert acs.audience == "resource-id"
+
+
+def test_a_good_token_is_reused_for_part_of_its_lifetime_and_a_bad_one_never() -> None:
+    """Signing is the stand-in's own CPU on the gateway's cores: a good token is handed out
+    again while most of its lifetime is left (each lifetime has its own); a fault is signed
+    for what it is."""
+    issuer = JwtIssuer("https://issuer.test", "resource-id", "http://127.0.0.1:1/keys")
+    callback = issuer.mint(CALLBACK_TOKEN_LIFETIME_S)
+    assert issuer.mint(CALLBACK_TOKEN_LIFETIME_S) == callback
+    assert issuer.mint(MEDIA_TOKEN_LIFETIME_S) != callback
+    assert issuer.mint(CALLBACK_TOKEN_LIFETIME_S, TokenFault.FORGED) != callback
+    later = time.time() + CALLBACK_TOKEN_LIFETIME_S * REUSE_FRACTION
+    assert issuer.mint(CALLBACK_TOKEN_LIFETIME_S, now=later) != callback  # an explicit time

@@ -7,10 +7,13 @@ Every id and stored field is bounded at sizes real ACS uses (ACS_PROTOCOL.md), i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, TypeVar, get_args
 
 import orjson
+
+T = TypeVar("T")
 
 VALIDATION_EVENT = "Microsoft.EventGrid.SubscriptionValidationEvent"
 INCOMING_CALL_EVENT = "Microsoft.Communication.IncomingCall"
@@ -286,6 +289,18 @@ def _incoming_call(data: dict[str, Any]) -> IncomingCall:
     )
 
 
+def _each_event(body: bytes, parse: Callable[[Any], T]) -> tuple[list[T], list[Reason]]:
+    """Each event of a JSON array body parsed on its own, and the reason of each malformed."""
+    parsed: list[T] = []
+    malformed: list[Reason] = []
+    for event in _load_array(body):
+        try:
+            parsed.append(parse(event))
+        except BadPayload as exc:
+            malformed.append(exc.reason)
+    return parsed, malformed
+
+
 def _refuse_unless_usable(malformed: list[Reason], usable: int) -> None:
     """Refuse a batch with nothing usable in it, for its first malformed event's reason.
 
@@ -318,23 +333,13 @@ def _grid_event(event: Any) -> IncomingCall | str | None:
 
 def parse_event_grid(body: bytes) -> EventGridPost:
     """Parse an Event Grid webhook body (Event Grid or CloudEvents 1.0 schema, JSON array)."""
-    calls: list[IncomingCall] = []
-    ignored = 0
-    malformed: list[Reason] = []
-    for event in _load_array(body):
-        try:
-            parsed = _grid_event(event)
-        except BadPayload as exc:
-            malformed.append(exc.reason)
-            continue
-        if isinstance(parsed, str):  # the handshake: it is the request's whole purpose
-            return EventGridPost(parsed, [], 0, tuple(malformed))
-        if parsed is None:
-            ignored += 1
-        else:
-            calls.append(parsed)
-    _refuse_unless_usable(malformed, usable=len(calls) + ignored)
-    return EventGridPost(None, calls, ignored, tuple(malformed))
+    parsed, malformed = _each_event(body, _grid_event)
+    for item in parsed:
+        if isinstance(item, str):  # the handshake: it is the request's whole purpose
+            return EventGridPost(item, [], 0, tuple(malformed))
+    calls = [item for item in parsed if isinstance(item, IncomingCall)]
+    _refuse_unless_usable(malformed, usable=len(parsed))
+    return EventGridPost(None, calls, len(parsed) - len(calls), tuple(malformed))
 
 
 def _check_participants(data: dict[str, Any]) -> None:
@@ -378,18 +383,8 @@ def _callback(event: Any) -> CallbackEvent | Reason:
 
 def parse_callbacks(body: bytes) -> CallbackPost:
     """Parse a Call Automation callback body (JSON array of CloudEvents 1.0)."""
-    events: list[CallbackEvent] = []
-    ignored: list[Reason] = []
-    malformed: list[Reason] = []
-    for event in _load_array(body):
-        try:
-            parsed = _callback(event)
-        except BadPayload as exc:
-            malformed.append(exc.reason)
-            continue
-        if isinstance(parsed, CallbackEvent):
-            events.append(parsed)
-        else:
-            ignored.append(parsed)
-    _refuse_unless_usable(malformed, usable=len(events) + len(ignored))
+    parsed, malformed = _each_event(body, _callback)
+    events = [item for item in parsed if isinstance(item, CallbackEvent)]
+    ignored = [item for item in parsed if not isinstance(item, CallbackEvent)]
+    _refuse_unless_usable(malformed, usable=len(parsed))
     return CallbackPost(events, tuple(ignored + malformed))

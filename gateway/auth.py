@@ -63,16 +63,7 @@ class JwtVerifier:
         if scheme.lower() != "bearer" or not token:
             raise AuthError("bad_scheme")
         try:
-            key = await self._signing_key(token)
-            claims: dict[str, object] = jwt.decode(
-                token,
-                key,
-                algorithms=["RS256"],
-                audience=self.policy.audience,
-                issuer=self.policy.issuer,
-                leeway=self.policy.leeway_s,
-                options={"require": ["exp", "iss", "aud"]},
-            )
+            claims = self._decode(token, await self._signing_keys(token))
         except jwt.ExpiredSignatureError:
             raise AuthError("expired_token") from None
         except jwt.PyJWKClientConnectionError:
@@ -81,15 +72,42 @@ class JwtVerifier:
             raise AuthError("invalid_token") from None
         return claims
 
-    async def _signing_key(self, token: str) -> Any:
+    def _decode(self, token: str, keys: list[Any]) -> dict[str, object]:
+        """The claims, checked, of a token signed by one of ``keys`` (tried in turn)."""
+        *others, last = keys
+        for key in others:
+            try:
+                return self._decode_with(token, key)
+            except jwt.InvalidSignatureError:
+                continue
+        return self._decode_with(token, last)
+
+    def _decode_with(self, token: str, key: Any) -> dict[str, object]:
+        claims: dict[str, object] = jwt.decode(
+            token,
+            key,
+            algorithms=["RS256"],
+            audience=self.policy.audience,
+            issuer=self.policy.issuer,
+            leeway=self.policy.leeway_s,
+            options={"require": ["exp", "iss", "aud"]},
+        )
+        return claims
+
+    async def _signing_keys(self, token: str) -> list[Any]:
+        """The key a token's ``kid`` names; every signing key of the set for a token without
+        one (the ACS documentation promises no header fields)."""
         kid = jwt.get_unverified_header(token).get("kid")
-        if isinstance(kid, str) and (key := self._keys.get(kid)) is not None:
-            return key
-        # The JWKS fetch is blocking I/O (rare: cached); keep it off the event loop.
-        found = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
-        if isinstance(kid, str) and len(self._keys) < MAX_KEYS:
-            self._keys[kid] = found.key
-        return found.key
+        if not isinstance(kid, str):
+            # The JWKS fetch is blocking I/O (rare: cached); keep it off the event loop.
+            found = await asyncio.to_thread(self._jwks.get_signing_keys)
+            return [jwk.key for jwk in found]
+        if (key := self._keys.get(kid)) is not None:
+            return [key]
+        signing = await asyncio.to_thread(self._jwks.get_signing_key, kid)
+        if len(self._keys) < MAX_KEYS:
+            self._keys[kid] = signing.key
+        return [signing.key]
 
 
 class UrlSecrets:

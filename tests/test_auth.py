@@ -126,6 +126,30 @@ async def test_a_known_key_needs_no_key_set_read(
         await verifier.verify("Bearer " + _token(signing_key, aud="other"))
 
 
+async def test_a_token_without_a_key_id_is_checked_against_every_signing_key(
+    signing_key: rsa.RSAPrivateKey, jwks_url: str
+) -> None:
+    """The ACS documentation promises no header fields: a token without ``kid`` is tried
+    against each key of the set, and gets every check."""
+    verifier = JwtVerifier(JwtPolicy(ISSUER, jwks_url, AUDIENCE))
+
+    def unnamed(key: rsa.RSAPrivateKey, **claims: object) -> str:
+        now = int(time.time())
+        payload = {"iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300, **claims}
+        return "Bearer " + jwt.encode(payload, key, algorithm="RS256")
+
+    assert (await verifier.verify(unnamed(signing_key)))["aud"] == AUDIENCE
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    for token, reason in [
+        (unnamed(other_key), "invalid_token"),
+        (unnamed(signing_key, aud="other"), "invalid_token"),
+        (unnamed(signing_key, exp=int(time.time()) - 3600), "expired_token"),
+    ]:
+        with pytest.raises(AuthError) as info:
+            await verifier.verify(token)
+        assert info.value.reason == reason
+
+
 def test_url_secrets_constant_time_verify() -> None:
     url_secrets = UrlSecrets(b"s" * 32)
     nonce = url_secrets.new_nonce()

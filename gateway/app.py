@@ -68,6 +68,7 @@ CALL_ID_HEADER = "x-ms-call-connection-id"
 CORRELATION_HEADER = "x-ms-call-correlation-id"
 EVENT_GRID_SECRET_PARAM = "code"
 JWKS_UNREACHABLE = "jwks_unreachable"  # refusal reason: the issuer's keys could not be fetched
+CALLBACK_BINDING_WAIT_S = 1.0  # a callback for a call not bound yet waits this long at most
 MAX_ORIGIN_CHARS = 256  # WebHook-Request-Origin: a host name (eventgrid.azure.net)
 ANSWERED_CONTEXTS = 10_000  # local memory of answered contexts, for when Redis is down
 # Recording events may carry another call leg's id (ACS_PROTOCOL.md): acknowledged, not routed.
@@ -305,9 +306,10 @@ async def callbacks(request: Request) -> Response:
     try:
         call_id = _named_call(events)
         if call_id is not None:
-            # ACS may post CallConnected to another replica before the answering one has
-            # bound the call: wait for the binding as the sockets do.
-            CallBindings.check(await gw.bindings.wait_for(call_id, gw.media_wait_s), nonce)
+            # ACS may post CallConnected to another replica just before the answering one has
+            # bound the call (it binds as soon as the answer returns): wait for it, briefly.
+            wait_s = min(gw.media_wait_s, CALLBACK_BINDING_WAIT_S)
+            CallBindings.check(await gw.bindings.wait_for(call_id, wait_s), nonce)
     except AuthError as exc:
         return _unauthorized(gw, "callback", exc.reason)
     except BindingUnavailable:

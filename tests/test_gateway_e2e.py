@@ -697,12 +697,15 @@ async def test_callbacks_for_unknown_calls_are_refused_without_actor_lookups(
     handles = dict(gateway.router._handles)
     unknown = [wire.CallIds(str(uuid.uuid4()), "server-call", "corr") for _ in range(200)]
     now = datetime.now(UTC)
-    statuses = []
-    for ids in unknown:
+
+    async def post(ids: wire.CallIds) -> int:
         nonce = gateway.url_secrets.new_nonce()
         query = urlencode({"n": nonce, "s": gateway.url_secrets.sign(nonce)})
         body = [wire.cloud_event("CallConnected", ids, {}, now, str(uuid.uuid4()))]
-        statuses.append(await post_callbacks(harness, query, body))
+        return await post_callbacks(harness, query, body)
+
+    # At once: each waits a moment for its call's binding (the answer may not be bound yet).
+    statuses = await asyncio.gather(*(post(ids) for ids in unknown))
     assert set(statuses) == {status.HTTP_401_UNAUTHORIZED}
     assert gateway.metrics.refused_count("callback", "unknown_call") - before == len(unknown)
     assert gateway.router._handles == handles

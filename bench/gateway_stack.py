@@ -26,7 +26,7 @@ from pydantic import SecretStr
 from actors.config import CallActorConfig
 from actors.pool import WarmPool
 from gateway.app import Gateway, create_app
-from gateway.service import build_gateway, uvicorn_server
+from gateway.service import build_gateway, freeze_heap, uvicorn_server
 from simulator.devstack.local_redis import LocalRedisServer, free_port
 from simulator.jwt_issuer import ACS_ISSUER
 from storage.archive import ArchiveStore
@@ -96,6 +96,7 @@ async def gateway_stack(
     redis = AsyncAzureRedisManager.from_settings(settings.storage)
     actor_config = CallActorConfig.from_settings(settings)
     gateway = build_gateway(settings, redis, actor_config)
+    freeze_heap()  # as `rtvoice serve` does
     server = uvicorn_server(create_app(gateway), "127.0.0.1", port)
     task = asyncio.create_task(server.serve())
     try:

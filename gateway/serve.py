@@ -12,7 +12,7 @@ from actors.capacity import node_call_slots
 from actors.cluster import init_local_ray
 from actors.config import CallActorConfig
 from gateway.app import create_app
-from gateway.service import build_gateway, uvicorn_server
+from gateway.service import build_gateway, freeze_heap, uvicorn_server
 from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import ConfigError, Settings
 
@@ -34,6 +34,7 @@ async def serve(settings: Settings, *, host: str, port: int) -> int:
     redis_mgr = AsyncAzureRedisManager.from_settings(settings.storage)
     actor_config = CallActorConfig.from_settings(settings)
     gateway = build_gateway(settings, redis_mgr, actor_config)
+    freeze_heap()
     server = uvicorn_server(create_app(gateway), host, port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # graceful: finish clean-up, then exit 0

@@ -6,6 +6,7 @@ Configuration is read once by the caller (``load_settings``) and passed in.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import secrets
@@ -161,6 +162,14 @@ def build_gateway(
         ),
         storage_health=storage_health,
     )
+
+
+def freeze_heap() -> None:
+    """Take what a gateway process holds once started (modules, clients, Ray's driver) out of
+    the cyclic collector's reach: a full collection walked all of it, 86 ms with no frame of any
+    call moving. Collected first, so no garbage is frozen."""
+    gc.collect()
+    gc.freeze()
 
 
 def uvicorn_server(app: Starlette, host: str, port: int) -> EmbeddedServer:

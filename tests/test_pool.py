@@ -5,6 +5,7 @@ and a fresh process for every call."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
 import signal
@@ -96,6 +97,11 @@ async def test_a_call_binds_a_warm_spare_and_the_pool_refills(
         # A spare loads the scripts a call runs before it joins the pool, so a burst's binds
         # do not each meet NOSCRIPT (the checkpoint script: only an actor runs it).
         assert await admin.script_exists(checkpoint_sha) == [True]
+    # What the spare's process holds is frozen out of the cyclic collector's reach (its exit
+    # walks no module or client).
+    spare = (await redis_mgr.spare_names(pool.name))[0]
+    handle = await asyncio.to_thread(ray.get_actor, spare, namespace=config.namespace)
+    assert await handle.__ray_call__.remote(lambda _: gc.get_freeze_count()) > 10_000
     call_id = f"call-{uuid.uuid4().hex[:10]}"
     handle, endpoint = await pool.activate(call_id, {"caller_id": "+14255550100"})
     assert pool.cold_starts == 0 and await redis_mgr.call_actor(call_id) is not None

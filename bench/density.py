@@ -35,6 +35,8 @@ DEFAULT_CALLS = 10
 WINDOW_S = 20.0  # idle CPU measured over this long
 SETTLE_S = 5.0  # after every actor is up, before measuring
 PROGRESS_EVERY_S = 5.0
+EXIT_WAIT_S = 30.0  # a call actor's process must be gone this long after its shutdown
+EXIT_POLL_S = 0.005
 TARGET_RATIO = 1.2  # per live call at most 1.2x a bare Ray actor (memory; CPU likewise)
 
 CALLER = "+14255550199"
@@ -54,6 +56,11 @@ DEFINITIONS = {
         "process: memory no other process shares, at the end of the window"
     ),
     "idle CPU": "utime + stime of /proc/<pid>/stat over the window, as % of one core",
+    "exit CPU": (
+        "a call actor's CPU from its shutdown (after the window) until its process is gone: "
+        "utime + stime read every 5 ms, the last reading before the process went; what its "
+        "call's end costs the node beyond archiving"
+    ),
 }
 
 
@@ -63,6 +70,7 @@ class Reading:
     pid: int
     uss_mib: float | None = None
     cpu_percent: float | None = None
+    exit_cpu_s: float | None = None  # call actors only
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +78,7 @@ class Reading:
             "pid": self.pid,
             "uss_mib": None if self.uss_mib is None else round(self.uss_mib, 2),
             "cpu_percent": None if self.cpu_percent is None else round(self.cpu_percent, 3),
+            "exit_cpu_s": None if self.exit_cpu_s is None else round(self.exit_cpu_s, 3),
         }
 
 
@@ -83,6 +92,30 @@ def measure_window(readings: list[Reading], window_s: float, sleep: Any = time.s
         r.cpu_percent = cpu_percent(before[r.pid], proc_cpu_s(r.pid), elapsed)
         kib = private_kib(r.pid)
         r.uss_mib = None if kib is None else kib / 1024.0
+
+
+def cpu_until_gone(
+    readings: list[Reading],
+    before: dict[int, float | None],
+    timeout_s: float,
+    sleep: Any = time.sleep,
+) -> None:
+    """Each reading's CPU from ``before`` until its process is gone (blocking; polled every
+    5 ms, so a process's last few ms may go unseen); None for one still there at the timeout."""
+    last = dict(before)
+    waiting = {r.pid for r in readings}
+    deadline = time.monotonic() + timeout_s
+    while waiting and time.monotonic() < deadline:
+        for pid in list(waiting):
+            if (now := proc_cpu_s(pid)) is None:
+                waiting.discard(pid)
+            else:
+                last[pid] = now
+        sleep(EXIT_POLL_S)
+    for r in readings:
+        start, end = before.get(r.pid), last.get(r.pid)
+        gone = r.pid not in waiting
+        r.exit_cpu_s = end - start if gone and start is not None and end is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +136,7 @@ def summaries(readings: list[Reading]) -> dict[str, dict[str, Summary | None]]:
         out[kind] = {
             "uss_mib": Summary.of([r.uss_mib for r in mine if r.uss_mib is not None]),
             "cpu_percent": Summary.of([r.cpu_percent for r in mine if r.cpu_percent is not None]),
+            "exit_cpu_s": Summary.of([r.exit_cpu_s for r in mine if r.exit_cpu_s is not None]),
         }
     return out
 
@@ -135,6 +169,15 @@ def table(readings: list[Reading], calls: int, window_s: float) -> str:
 
         rows.append([title, cell(call), cell(bare), "-" if r is None else f"{r:.2f}x"])
         verdicts.append(f"{label} {'met' if r is not None and r <= TARGET_RATIO else 'NOT met'}")
+    exits = s["call"]["exit_cpu_s"]
+    rows.append(
+        [
+            "CPU from shutdown to exit (s)",
+            "-" if exits is None else f"{exits.mean:.3f} / {exits.max:.3f}",
+            "-",
+            "-",
+        ]
+    )
     lines = [format_table(header, rows)]
     lines.append(f"  target: at most {TARGET_RATIO:g}x a bare Ray actor: " + "; ".join(verdicts))
     return "\n".join(lines)
@@ -212,10 +255,16 @@ async def run_density(
                 for conn in streams:
                     with contextlib.suppress(Exception):
                         await conn.close()
+                calls_read = [r for r in readings if r.kind == "call"]
+                before = {r.pid: proc_cpu_s(r.pid) for r in calls_read}
+                exits = asyncio.create_task(
+                    asyncio.to_thread(cpu_until_gone, calls_read, before, EXIT_WAIT_S)
+                )
                 await asyncio.gather(
                     *(asyncio.wait_for(h.shutdown.remote("bench"), 30) for h in handles),
                     return_exceptions=True,
                 )
+                await exits
         finally:
             for handle in [*handles, *bare]:
                 await asyncio.to_thread(forget_actor, handle)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -305,6 +306,23 @@ def test_density_reads_private_memory_and_cpu_from_proc() -> None:
     assert "1.20x" in text and "memory met" in text
 
 
+def test_density_reads_a_process_cpu_until_it_is_gone() -> None:
+    import subprocess
+    import sys
+
+    from bench.density import Reading, cpu_until_gone
+    from bench.proc_stats import proc_cpu_s
+
+    child = subprocess.Popen([sys.executable, "-c", "sum(range(3_000_000))"])
+    readings = [Reading("call", child.pid)]
+    before = {child.pid: proc_cpu_s(child.pid)}
+    reaper = threading.Thread(target=child.wait)  # a zombie keeps its /proc entry: reap it
+    reaper.start()
+    cpu_until_gone(readings, before, timeout_s=30)
+    reaper.join()
+    assert readings[0].exit_cpu_s is not None and readings[0].exit_cpu_s >= 0
+
+
 def test_archive_table_shows_a_skipped_store() -> None:
     from bench.archive import COSMOS, SQLITE, CallEnd, StoreRun
     from bench.archive import table as archive_table
@@ -327,6 +345,8 @@ async def test_density_smoke_run(ray_cluster: dict[str, object]) -> None:
     assert result.ok, out.getvalue()
     kinds = sorted(r["kind"] for r in result.runs[0]["per_actor"])
     assert kinds == ["bare", "call"] and "private memory, USS (MB)" in result.table
+    (call,) = [r for r in result.runs[0]["per_actor"] if r["kind"] == "call"]
+    assert call["exit_cpu_s"] is not None and "CPU from shutdown to exit" in result.table
 
 
 @pytest.mark.slow  # local Ray, call actors, the Cosmos emulator when installed

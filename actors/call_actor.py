@@ -75,7 +75,7 @@ def _in_ray_actor() -> bool:
 def _freeze_what_the_process_holds() -> None:
     """Take every object the actor's process holds now (modules, clients, the server) out of the
     cyclic collector's reach. It would walk them in every full collection and once more when the
-    process exits after its call: 0.16-0.20 s of CPU per exit, 0.04-0.07 s frozen."""
+    process exits after its call: 0.27 s of CPU per exit, 0.06 s frozen (bench density)."""
     if _in_ray_actor():
         gc.freeze()
 

@@ -19,11 +19,11 @@ from typing import cast
 
 import uvloop
 
+from bench.frame_floor import FRAME_S
 from bench.proc_stats import cpu_percent, proc_cpu_s
 from simulator.devstack.local_redis import free_port
 
 MESSAGE = b"x" * 900  # about one AudioData JSON message with 640 bytes of PCM
-FRAME_S = 0.02
 CONNECT_TIMEOUT_S = 20.0
 SETTLE_S = 1.0
 

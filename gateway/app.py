@@ -371,8 +371,8 @@ async def _stream(websocket: WebSocket, stream: str) -> None:
         call_id, first = await stream_call_id(websocket, stream, gw.media_wait_s)
         binding = await gw.bindings.wait_for(call_id, gw.media_wait_s)
         CallBindings.check(binding, nonce, headers.get(CORRELATION_HEADER))
-    except (AuthError, ValueError) as exc:
-        gw.metrics.refuse(stream, getattr(exc, "reason", "bad_call_id"))
+    except AuthError as exc:
+        gw.metrics.refuse(stream, exc.reason)
         await websocket.close(status.WS_1008_POLICY_VIOLATION)
         return
     except (BindingUnavailable, KeysUnavailable) as exc:

@@ -486,6 +486,11 @@ def create_app(gateway: Gateway) -> Starlette:
         refilling = asyncio.create_task(gateway.router.pool.run(stopping))
         drainer = gateway.drainer
         draining = asyncio.create_task(drainer.run(stopping)) if drainer else None
+        # The token issuers' keys, fetched in the background (start-up and readiness never wait)
+        # so a cold replica's first burst of callbacks finds them; a failure changes nothing.
+        entra = gateway.event_grid_auth.verifier if gateway.event_grid_auth else None
+        for verifier in filter(None, (gateway.verifier, entra)):
+            gateway.spawn(verifier.warm())
         try:
             yield
         finally:

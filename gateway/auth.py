@@ -7,13 +7,17 @@ Never logs a token or a secret; failures carry only a short reason code.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
+
+log = logging.getLogger(__name__)
 
 
 class AuthError(Exception):
@@ -53,6 +57,21 @@ class JwtVerifier:
         # a known kid is checked on the event loop, with no thread hop to ask it (0.32 -> 0.095
         # ms of CPU a token; a call's set-up checks six).
         self._keys: dict[str, Any] = {}
+        # The look-up in flight (a thread asking PyJWKClient) per kid; None: the whole key set.
+        # Concurrent tokens await the same one: a burst on a cold gateway made one thread hop,
+        # and possibly one JWKS fetch, per token (20 hops for a burst of 20).
+        self._lookups: dict[str | None, asyncio.Task[list[Any]]] = {}
+
+    async def warm(self) -> bool:
+        """Fetch the issuer's signing keys now (off the event loop) and remember them by kid, so
+        the first burst of tokens finds them known. False, with a warning, if the key set
+        cannot be fetched: then the first token fetches it, as without warming up."""
+        try:
+            await self._lookup(None)
+        except Exception as exc:  # whatever the fetch met: never fail the caller (start-up)
+            log.warning("fetching the token issuer's signing keys failed: %s", type(exc).__name__)
+            return False
+        return True
 
     async def verify(self, authorization: str | None) -> dict[str, object]:
         if not authorization:
@@ -99,15 +118,40 @@ class JwtVerifier:
         one (the ACS documentation promises no header fields)."""
         kid = jwt.get_unverified_header(token).get("kid")
         if not isinstance(kid, str):
-            # The JWKS fetch is blocking I/O (rare: cached); keep it off the event loop.
-            found = await asyncio.to_thread(self._jwks.get_signing_keys)
-            return [jwk.key for jwk in found]
+            return await self._lookup(None)
         if (key := self._keys.get(kid)) is not None:
             return [key]
-        signing = await asyncio.to_thread(self._jwks.get_signing_key, kid)
-        if len(self._keys) < MAX_KEYS:
-            self._keys[kid] = signing.key
-        return [signing.key]
+        return await self._lookup(kid)
+
+    async def _lookup(self, kid: str | None) -> list[Any]:
+        """The keys of ``kid`` (None: every signing key of the set), from the one look-up in
+        flight for it, started if there is none; its error is every waiter's."""
+        lookup = self._lookups.get(kid)
+        if lookup is None:
+            lookup = asyncio.create_task(self._ask_jwks(kid))
+            self._lookups[kid] = lookup
+            lookup.add_done_callback(functools.partial(self._landed, kid))
+        # Shielded: a waiter cancelled (its request gone) leaves the look-up to the others.
+        return await asyncio.shield(lookup)
+
+    def _landed(self, kid: str | None, lookup: asyncio.Task[list[Any]]) -> None:
+        """A look-up done, whatever its outcome: the next token needing it starts a new one."""
+        if self._lookups.get(kid) is lookup:
+            del self._lookups[kid]
+        if not lookup.cancelled():
+            lookup.exception()  # its waiters got it; if all left, it is not "never retrieved"
+
+    async def _ask_jwks(self, kid: str | None) -> list[Any]:
+        # The JWKS fetch is blocking I/O (rare: cached); keep it off the event loop.
+        if kid is None:
+            found = await asyncio.to_thread(self._jwks.get_signing_keys)
+        else:
+            found = [await asyncio.to_thread(self._jwks.get_signing_key, kid)]
+        for jwk in found:
+            name = kid if kid is not None else jwk.key_id
+            if isinstance(name, str) and (name in self._keys or len(self._keys) < MAX_KEYS):
+                self._keys[name] = jwk.key
+        return [jwk.key for jwk in found]
 
 
 class UrlSecrets:
@@ -164,6 +208,11 @@ class EventGridAuth:
             raise ValueError("Event Grid authentication needs a secret or an Entra ID verifier")
         self._secret = secret
         self._verifier = verifier
+
+    @property
+    def verifier(self) -> JwtVerifier | None:
+        """The Entra ID token verifier, if delivery is Entra-protected (warmed up at start-up)."""
+        return self._verifier
 
     async def verify(self, code: str | None, authorization: str | None) -> None:
         if self._secret is not None:

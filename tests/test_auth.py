@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import jwt
 import pytest
@@ -33,13 +37,27 @@ def signing_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def _serve_jwks(signing_key: rsa.RSAPrivateKey) -> ThreadingHTTPServer:
+class _JwksServer(ThreadingHTTPServer):
+    """A JWKS on loopback that counts the requests it gets."""
+
+    hits = 0
+    _counting = threading.Lock()
+
+    def count(self) -> None:
+        with self._counting:
+            self.hits += 1
+
+
+def _serve_jwks(signing_key: rsa.RSAPrivateKey) -> _JwksServer:
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(signing_key.public_key()))
     jwk.update(kid="k1", use="sig", alg="RS256")
     body = json.dumps({"keys": [jwk]}).encode()
 
     class Handler(BaseHTTPRequestHandler):
+        server: _JwksServer
+
         def do_GET(self) -> None:
+            self.server.count()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -48,7 +66,7 @@ def _serve_jwks(signing_key: rsa.RSAPrivateKey) -> ThreadingHTTPServer:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = _JwksServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -64,10 +82,10 @@ def jwks_url(signing_key: rsa.RSAPrivateKey) -> Iterator[str]:
     server.shutdown()
 
 
-def _token(key: rsa.RSAPrivateKey, **claims: object) -> str:
+def _token(key: rsa.RSAPrivateKey, *, kid: str | None = "k1", **claims: object) -> str:
     now = int(time.time())
     payload = {"iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300, **claims}
-    return jwt.encode(payload, key, algorithm="RS256", headers={"kid": "k1"})
+    return jwt.encode(payload, key, algorithm="RS256", headers={"kid": kid} if kid else None)
 
 
 async def test_valid_token_is_accepted(signing_key: rsa.RSAPrivateKey, jwks_url: str) -> None:
@@ -148,6 +166,126 @@ async def test_a_token_without_a_key_id_is_checked_against_every_signing_key(
         with pytest.raises(AuthError) as info:
             await verifier.verify(token)
         assert info.value.reason == reason
+
+
+@pytest.fixture
+def lookups(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How often each PyJWKClient look-up (each a thread hop, maybe a JWKS fetch) was made, by
+    method name; only verifiers made after this fixture are counted."""
+    made: Counter[str] = Counter()
+    counting = threading.Lock()
+    for name in ("get_signing_key", "get_signing_keys"):
+        original = getattr(jwt.PyJWKClient, name)
+
+        def counted(self: jwt.PyJWKClient, *args: Any, _f: Any = original, _n: str = name) -> Any:
+            with counting:
+                made[_n] += 1
+            return _f(self, *args)
+
+        monkeypatch.setattr(jwt.PyJWKClient, name, counted)
+    return made
+
+
+BURST = 20
+
+
+@pytest.mark.parametrize("kid", ["k1", None], ids=["kid", "no_kid"])
+async def test_a_burst_on_a_cold_verifier_makes_one_key_lookup(
+    signing_key: rsa.RSAPrivateKey, lookups: Counter[str], kid: str | None
+) -> None:
+    """Concurrent first tokens share one look-up of their key (one thread hop, one JWKS fetch),
+    not one each: a cold gateway's first burst of callbacks is no herd against the issuer."""
+    server = _serve_jwks(signing_key)
+    verifier = JwtVerifier(JwtPolicy(ISSUER, _keys_url(server), AUDIENCE))
+    token = "Bearer " + _token(signing_key, kid=kid)
+    try:
+        claims = await asyncio.gather(*(verifier.verify(token) for _ in range(BURST)))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [c["aud"] for c in claims] == [AUDIENCE] * BURST
+    assert lookups["get_signing_key" if kid else "get_signing_keys"] == 1
+    assert server.hits == 1
+
+
+async def test_a_failed_lookup_reaches_every_waiter(
+    signing_key: rsa.RSAPrivateKey, jwks_url: str, lookups: Counter[str]
+) -> None:
+    """The one shared look-up's error is each waiter's: an unknown kid is a bad token for every
+    one, keys out of reach a retry for every one."""
+    verifier = JwtVerifier(JwtPolicy(ISSUER, jwks_url, AUDIENCE))
+    unknown = "Bearer " + _token(signing_key, kid="k-unknown")
+    refused = await asyncio.gather(
+        *(verifier.verify(unknown) for _ in range(BURST)), return_exceptions=True
+    )
+    assert [type(e) for e in refused] == [AuthError] * BURST
+    assert {e.reason for e in refused if isinstance(e, AuthError)} == {"invalid_token"}
+    assert lookups["get_signing_key"] == 1
+
+    nowhere = f"http://127.0.0.1:{free_port()}/calling/keys"
+    unreachable = JwtVerifier(JwtPolicy(ISSUER, nowhere, AUDIENCE))
+    good = "Bearer " + _token(signing_key)
+    retried = await asyncio.gather(
+        *(unreachable.verify(good) for _ in range(BURST)), return_exceptions=True
+    )
+    assert [type(e) for e in retried] == [KeysUnavailable] * BURST
+    assert lookups["get_signing_key"] == 2
+    # A look-up that failed is not remembered: the next token asks again.
+    with pytest.raises(KeysUnavailable):
+        await unreachable.verify(good)
+    assert lookups["get_signing_key"] == 3
+
+
+async def test_a_cancelled_waiter_leaves_the_shared_lookup_to_the_others(
+    signing_key: rsa.RSAPrivateKey, lookups: Counter[str]
+) -> None:
+    server = _serve_jwks(signing_key)
+    verifier = JwtVerifier(JwtPolicy(ISSUER, _keys_url(server), AUDIENCE))
+    token = "Bearer " + _token(signing_key)
+    try:
+        gone = asyncio.create_task(verifier.verify(token))
+        staying = asyncio.create_task(verifier.verify(token))
+        await asyncio.sleep(0)  # both wait on the one look-up now
+        gone.cancel()
+        assert (await staying)["aud"] == AUDIENCE
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert lookups["get_signing_key"] == 1
+    assert server.hits == 1
+
+
+async def test_warming_up_fills_the_key_cache(
+    signing_key: rsa.RSAPrivateKey, lookups: Counter[str]
+) -> None:
+    server = _serve_jwks(signing_key)
+    verifier = JwtVerifier(JwtPolicy(ISSUER, _keys_url(server), AUDIENCE))
+    assert await verifier.warm() is True
+    assert server.hits == 1
+    assert (await verifier.verify("Bearer " + _token(signing_key)))["aud"] == AUDIENCE
+    server.shutdown()
+    server.server_close()
+    assert server.hits == 1  # the token's key was known: no JWKS request, no thread hop
+    assert lookups["get_signing_key"] == 0
+
+
+async def test_warming_up_without_the_key_set_only_says_so(
+    signing_key: rsa.RSAPrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No JWKS at start-up is no crash: a warning naming only the error's type, and the first
+    token fetches the keys as before (here: still out of reach, a retry)."""
+    nowhere = f"http://127.0.0.1:{free_port()}/calling/keys"
+    verifier = JwtVerifier(JwtPolicy(ISSUER, nowhere, AUDIENCE))
+    with caplog.at_level(logging.WARNING, logger="gateway.auth"):
+        assert await verifier.warm() is False
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "PyJWKClientConnectionError" in record.getMessage()
+    assert "127.0.0.1" not in record.getMessage()
+    with pytest.raises(KeysUnavailable):
+        await verifier.verify("Bearer " + _token(signing_key))
 
 
 def test_url_secrets_constant_time_verify() -> None:

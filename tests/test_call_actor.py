@@ -16,7 +16,9 @@ import orjson
 import pytest
 import ray
 
+from actors import call_actor
 from actors.activation import aget_or_activate, get_call_actor
+from actors.call_actor import CallActor
 from actors.call_state import CallEnded
 from actors.cluster import list_call_actors
 from actors.config import CallActorConfig
@@ -25,6 +27,7 @@ from actors.stream_protocol import FrameKind, HandshakeRefused, encode_frame
 from simulator.devstack.local_redis import LocalRedisServer
 from storage.affinity import Endpoint
 from storage.errors import StaleEpochError
+from storage.redis_manager import AsyncAzureRedisManager
 from storage.sqlite_archive import SqliteArchive
 from tests.helpers import eventually
 
@@ -553,3 +556,25 @@ async def test_lifecycle_archives_to_cosmos(
         "Hello Ada L. You said: archive me in cosmos",  # no profile: the ACS display name
     ]
     await transcription.close()
+
+
+async def test_activation_settles_later_unless_something_needs_it(
+    actor_config: Callable[..., CallActorConfig],
+    redis_mgr: AsyncAzureRedisManager,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In process (no Ray): the session record and the caller profile wait (a burst's other
+    set-ups go first), until something needs them (here ``info``; a turn and the end of the
+    call do the same)."""
+    monkeypatch.setattr(call_actor, "SETTLE_DELAY_S", 60.0)
+    actor = CallActor(f"call-{uuid.uuid4().hex[:12]}", actor_config())
+    await actor.activate(incoming())
+    try:
+        await asyncio.sleep(0.3)  # what settling once took, many times over
+        assert await redis_mgr.load_call_session(actor.call_id) is None
+        about = await actor.info()  # needs the caller's context: settles now
+        assert about["context"]["caller"]["id"] == CALLER
+        session = await redis_mgr.load_call_session(actor.call_id)
+        assert session is not None and session["actor"]["epoch"] == about["epoch"]
+    finally:
+        await actor.shutdown("test")

@@ -41,6 +41,10 @@ DEMAND_WINDOW_S = 30.0
 # costs about a second of CPU, which those set-ups would otherwise queue behind.
 REFILL_HOLD_S = 2.0
 LIVE_TASK_PREFIX = "call:"
+# The live tasks of calls bound in a burst start once the burst's set-ups are done, or after
+# this long: each is a Ray call (about 1 ms of CPU in the gateway and the actor together) that
+# the calls still waiting for their actor would otherwise queue behind.
+LIVE_HOLD_S = 0.5
 
 
 def live_task_name(call_id: str) -> str:
@@ -91,6 +95,8 @@ class WarmPool:
         # Handles of the spares this replica started or took: no GCS lookup on the hot path.
         self._known: LRUCache[str, Any] = LRUCache(maxsize=4096)
         self.bind_seconds: deque[float] = deque(maxlen=1000)  # spare taken -> endpoint up
+        self._live_pending: list[tuple[Any, str]] = []  # (handle, call id): live tasks held
+        self._live_timer: asyncio.TimerHandle | None = None
         self.cold_starts = 0
         self.spares_seen = 0  # queued spares at the last refill pass
 
@@ -105,7 +111,8 @@ class WarmPool:
         started = time.perf_counter()
         self._setting_up += 1
         try:
-            owner = await self.owner_of(call_id)
+            # A call this replica has just answered has no owner yet: skip asking for one.
+            owner = await self.owner_of(call_id, fresh=incoming is not None)
             if owner == call_id:  # no pool for this call: an actor named by the call id
                 handle = await asyncio.to_thread(create_call_actor, call_id, self._config)
             else:
@@ -117,14 +124,35 @@ class WarmPool:
             except CallEnded:
                 await asyncio.to_thread(forget_actor, handle)
                 raise
+            if owner != call_id:
+                self.bind_seconds.append(time.perf_counter() - started)
+            self._live_pending.append((handle, call_id))
         finally:
             self._setting_up -= 1
-        if owner != call_id:
-            self.bind_seconds.append(time.perf_counter() - started)
-        # Not awaited: the task runs until the call ends, named so operators find it by call id.
-        # No retry: after a restart, the gateway's next bind starts it again on the new process.
-        handle.live.options(name=live_task_name(call_id), max_task_retries=0).remote()
+            self._start_live_tasks()
         return handle, endpoint
+
+    def _start_live_tasks(self) -> None:
+        """Start the held live tasks once no set-up is in flight here, or ``LIVE_HOLD_S`` after
+        the first was held."""
+        if not self._live_pending:
+            return
+        if self._setting_up and self._live_timer is None:
+            loop = asyncio.get_running_loop()
+            self._live_timer = loop.call_later(LIVE_HOLD_S, self._flush_live_tasks)
+        elif not self._setting_up:
+            self._flush_live_tasks()
+
+    def _flush_live_tasks(self) -> None:
+        if self._live_timer is not None:
+            self._live_timer.cancel()
+            self._live_timer = None
+        pending, self._live_pending = self._live_pending, []
+        for handle, call_id in pending:
+            # Not awaited: it runs until the call ends, named so operators find it by call id.
+            # No retry: after a restart, the gateway's next bind starts it again on the new
+            # process.
+            handle.live.options(name=live_task_name(call_id), max_task_retries=0).remote()
 
     async def handle(self, call_id: str) -> Any:
         """The live actor of a call already bound (None if it has none now)."""
@@ -145,16 +173,20 @@ class WarmPool:
             self._known[name] = handle
         return handle
 
-    async def owner_of(self, call_id: str) -> str:
+    async def owner_of(self, call_id: str, *, fresh: bool = False) -> str:
         """The name of the call's actor, binding a spare to it if it has none yet (no actor is
-        started or called: ``activate`` does that)."""
+        started or called: ``activate`` does that). ``fresh``: the call was just answered, so
+        its first look-up is skipped; the binding stays set-once, so a call another replica
+        bound still gets that replica's owner."""
         pending = self._owners.get(call_id)
         if pending is None:
-            pending = self._owners[call_id] = asyncio.ensure_future(self._bind_owner(call_id))
+            pending = self._owners[call_id] = asyncio.ensure_future(
+                self._bind_owner(call_id, fresh)
+            )
             pending.add_done_callback(lambda _: self._owners.pop(call_id, None))
         return await asyncio.shield(pending)
 
-    async def _bind_owner(self, call_id: str) -> str:
+    async def _bind_owner(self, call_id: str, fresh: bool = False) -> str:
         """Ask Redis until it answers. A timed-out command may still have run (a slow Redis),
         and only the set-once record knows: giving up on it would start a second actor for a
         call another replica bound. Redis unreachable: a cold actor named by the call id."""
@@ -162,7 +194,7 @@ class WarmPool:
         claimed = False
         while True:
             try:
-                owner = await self._redis.call_actor(call_id)
+                owner = None if fresh else await self._redis.call_actor(call_id)
                 if owner is None:
                     claimed = True
                     spare = await self._take_spare(call_id)

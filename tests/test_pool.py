@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from actors.activation import SPARE_PREFIX, get_call_actor
 from actors.config import CallActorConfig
-from actors.pool import WarmPool, pool_target
+from actors.pool import LIVE_HOLD_S, WarmPool, live_task_name, pool_target
 from actors.stream_client import open_stream
 from storage.conversation_store import CHECKPOINT_LUA
 from storage.redis_manager import AsyncAzureRedisManager
@@ -133,15 +133,59 @@ async def test_spare_starts_wait_while_calls_are_set_up_but_not_for_long(
         await pool.retire_all()
 
 
-async def test_racing_replicas_bind_one_actor_per_call(
+class _LiveMethod:
+    """Stands in for ``handle.live``: records the names of the tasks started."""
+
+    def __init__(self, started: list[str]) -> None:
+        self._started = started
+        self._name = ""
+
+    def options(self, name: str, max_task_retries: int) -> _LiveMethod:
+        self._name = name
+        return self
+
+    def remote(self) -> None:
+        self._started.append(self._name)
+
+
+class _Handle:
+    def __init__(self, started: list[str]) -> None:
+        self.live = _LiveMethod(started)
+
+
+async def test_live_tasks_wait_for_the_set_ups_in_flight_but_not_for_long(
     redis_mgr: AsyncAzureRedisManager, config: CallActorConfig
 ) -> None:
+    # Each live task is a Ray call; in a burst, the calls still waiting for an actor go first.
+    pool = new_pool(redis_mgr, config)
+    started: list[str] = []
+    pool._setting_up = 1  # another call is being set up on this replica
+    pool._live_pending.append((_Handle(started), "c1"))
+    pool._start_live_tasks()
+    assert started == []
+    pool._setting_up = 0  # the burst is done
+    pool._start_live_tasks()
+    assert started == [live_task_name("c1")]
+    pool._setting_up = 1  # set-ups that go on and on: the hold ends anyway
+    pool._live_pending.append((_Handle(started), "c2"))
+    pool._start_live_tasks()
+    await eventually(lambda: live_task_name("c2") in started, timeout=LIVE_HOLD_S * 20)
+    pool._setting_up = 0
+
+
+@pytest.mark.parametrize("answered", [False, True], ids=["resolved", "answered"])
+async def test_racing_replicas_bind_one_actor_per_call(
+    redis_mgr: AsyncAzureRedisManager, config: CallActorConfig, answered: bool
+) -> None:
+    # answered: both replicas answered the call (with its fields), so neither looks for an
+    # owner first; the set-once binding still names one.
     replicas = [new_pool(redis_mgr, config, spares=4), new_pool(redis_mgr, config, spares=4)]
     await warm_up(replicas[0], redis_mgr, 4)
     call_ids = [f"race-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    fields = {"caller_id": "+14255550100"} if answered else None
     try:
         results = await asyncio.gather(
-            *(replica.activate(call_id) for call_id in call_ids for replica in replicas)
+            *(replica.activate(call_id, fields) for call_id in call_ids for replica in replicas)
         )
         for i, call_id in enumerate(call_ids):
             a, b = results[2 * i], results[2 * i + 1]

@@ -474,8 +474,10 @@ class CallActor:
 
     async def _user_turn(self, msg: TranscriptionData) -> None:
         heard_at = time.monotonic()  # the reply's latency counts from here
-        await self._settled()  # the reply needs the caller profile
         async with self._turn_lock:  # FIFO: turns keep the order they were heard in
+            # Inside the lock: a turn heard later, once the activation has settled, must not
+            # overtake one still waiting for it.
+            await self._settled()  # the reply needs the caller profile
             cm = self._cm
             if cm is None or not self._accepting_turns:
                 return

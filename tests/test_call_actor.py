@@ -17,6 +17,7 @@ import pytest
 import ray
 
 from actors import call_actor
+from actors.acs_media import TranscriptionData
 from actors.activation import aget_or_activate, get_call_actor
 from actors.call_actor import CallActor
 from actors.call_state import CallEnded
@@ -578,3 +579,35 @@ async def test_activation_settles_later_unless_something_needs_it(
         assert session is not None and session["actor"]["epoch"] == about["epoch"]
     finally:
         await actor.shutdown("test")
+
+
+async def test_turns_keep_their_order_across_the_end_of_settling(
+    actor_config: Callable[..., CallActorConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process: a turn heard while the activation settles waits for it; one heard just as
+    it ends must not overtake the first (a caller sending faster than real time lost its first
+    line's place this way)."""
+    monkeypatch.setattr(call_actor, "SETTLE_DELAY_S", 60.0)
+    actor = CallActor(f"call-{uuid.uuid4().hex[:12]}", actor_config())
+    await actor.activate(incoming())
+    gate = asyncio.Event()
+
+    async def settling() -> None:  # ends when the test says
+        await gate.wait()
+
+    actor._settling = asyncio.create_task(settling())
+    try:
+        first = asyncio.create_task(actor._user_turn(heard("first")))
+        await asyncio.sleep(0)  # the first turn waits for the settling
+        gate.set()  # settling ends on the next pass of the loop ...
+        second = asyncio.create_task(actor._user_turn(heard("second")))  # ... as this is heard
+        await asyncio.wait_for(asyncio.gather(first, second), 60)
+        assert actor._cm is not None
+        said = [t.text for t in actor._cm.history if t.role == "user"]
+        assert said == ["first", "second"]
+    finally:
+        await actor.shutdown("test")
+
+
+def heard(text: str) -> TranscriptionData:
+    return TranscriptionData(text, final=True, confidence=0.9, participant="4:" + CALLER)

@@ -151,8 +151,11 @@ class WarmPool:
         for handle, call_id in pending:
             # Not awaited: it runs until the call ends, named so operators find it by call id.
             # No retry: after a restart, the gateway's next bind starts it again on the new
-            # process.
-            handle.live.options(name=live_task_name(call_id), max_task_retries=0).remote()
+            # process. A failure costs the dashboard's view of one call, never a call.
+            try:
+                handle.live.options(name=live_task_name(call_id), max_task_retries=0).remote()
+            except Exception as exc:
+                log.warning("starting a call's live task failed: %s", type(exc).__name__)
 
     async def handle(self, call_id: str) -> Any:
         """The live actor of a call already bound (None if it has none now)."""

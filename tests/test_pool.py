@@ -171,6 +171,16 @@ async def test_live_tasks_wait_for_the_set_ups_in_flight_but_not_for_long(
     pool._start_live_tasks()
     await eventually(lambda: live_task_name("c2") in started, timeout=LIVE_HOLD_S * 20)
     pool._setting_up = 0
+    # One handle that cannot start its task (Ray gone): the others still start theirs.
+    broken = _Handle(started)
+    broken.live.remote = _refuse  # type: ignore[method-assign]
+    pool._live_pending += [(broken, "c3"), (_Handle(started), "c4")]
+    pool._start_live_tasks()
+    assert started[-1] == live_task_name("c4")
+
+
+def _refuse() -> None:
+    raise RuntimeError("Ray is not initialized")
 
 
 @pytest.mark.parametrize("answered", [False, True], ids=["resolved", "answered"])

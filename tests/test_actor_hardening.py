@@ -75,6 +75,7 @@ def config(actor_config: Callable[..., CallActorConfig]) -> CallActorConfig:
 async def actor(config: CallActorConfig) -> AsyncIterator[CallActor]:
     call = CallActor(f"call-{uuid.uuid4().hex[:12]}", config)
     await call.activate({"caller_id": CALLER[2:], "caller_display_name": "Ada L"})
+    await call.info()  # settles the activation now: its session write lands before the test's
     yield call
     if not call.finished.is_set():
         await call.shutdown("test")

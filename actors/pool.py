@@ -189,7 +189,7 @@ class WarmPool:
             pending.add_done_callback(lambda _: self._owners.pop(call_id, None))
         return await asyncio.shield(pending)
 
-    async def _bind_owner(self, call_id: str, fresh: bool = False) -> str:
+    async def _bind_owner(self, call_id: str, fresh: bool) -> str:
         """Ask Redis until it answers. A timed-out command may still have run (a slow Redis),
         and only the set-once record knows: giving up on it would start a second actor for a
         call another replica bound. Redis unreachable: a cold actor named by the call id."""

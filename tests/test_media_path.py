@@ -149,6 +149,18 @@ def stamp(offset_s: float = 0.0) -> str:
     return (datetime.now(UTC) + timedelta(seconds=offset_s)).isoformat()
 
 
+async def listen_then_talk_over(
+    path: Harness, timestamp: Callable[[], str], *, quiet_frames: int
+) -> None:
+    """At real time, while the reply plays: the caller listens (no barge-in), then talks loud
+    enough for long enough (the reply stops)."""
+    path.feed(*[audio(10, timestamp=timestamp())] * quiet_frames)
+    assert path.media.metrics.barge_ins == 0
+    path.feed(*[audio(2000, timestamp=timestamp())] * BARGE_IN_FRAMES)
+    assert path.media.metrics.barge_ins == 1 and len(path.media.outbound) == 0
+    await settled(path.media)
+
+
 async def test_words_said_before_the_reply_began_do_not_interrupt_it() -> None:
     """Chaos finding: a call answered while its actor started slowly delivers the caller's line
     in a burst with its final transcript; the reply starts before the burst's last frames.
@@ -164,11 +176,7 @@ async def test_words_said_before_the_reply_began_do_not_interrupt_it() -> None:
     path.feed(*[audio(2000, timestamp=stamp())] * 10, pace=0.0)  # the rest of the burst
     assert path.media.metrics.barge_ins == 0 and len(path.media.outbound) == 10
     # Then the stream is live again: the caller listens, then talks over the reply.
-    path.feed(*[audio(10, timestamp=stamp())] * 50)
-    assert path.media.metrics.barge_ins == 0
-    path.feed(*[audio(2000, timestamp=stamp())] * BARGE_IN_FRAMES)
-    assert path.media.metrics.barge_ins == 1 and len(path.media.outbound) == 0
-    await settled(path.media)
+    await listen_then_talk_over(path, stamp, quiet_frames=50)
 
 
 def test_frames_that_arrived_before_the_reply_began_do_not_count() -> None:
@@ -196,11 +204,7 @@ async def test_acs_clock_does_not_decide_barge_in(timestamp: Callable[[], str]) 
     path = Harness()
     path.media.speaker = cast(Any, FakeSpeaker())
     path.media.outbound.enqueue(b"\x00" * FRAME * 10)
-    path.feed(*[audio(10, timestamp=timestamp())] * 5)  # the reply plays; the caller listens
-    assert path.media.metrics.barge_ins == 0
-    path.feed(*[audio(2000, timestamp=timestamp())] * BARGE_IN_FRAMES)
-    assert path.media.metrics.barge_ins == 1 and len(path.media.outbound) == 0
-    await settled(path.media)
+    await listen_then_talk_over(path, timestamp, quiet_frames=5)  # while the reply plays
 
 
 def test_the_acs_timestamp_still_measures_latency() -> None:

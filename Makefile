@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EMULATOR_DIR := tests/cosmos_emulator
 
-.PHONY: test test-fast demo install lint typecheck pytest system-deps clean
+.PHONY: test test-fast demo bench install lint typecheck pytest system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ test-fast: install system-deps $(EMULATOR_DIR)/node_modules/.installed
 
 demo: install system-deps
 	$(BIN)/rtvoice demo
+
+# Every benchmark (bench/RESULTS.md); the Cosmos emulator's packages too, for `archive`.
+bench: install system-deps $(EMULATOR_DIR)/node_modules/.installed
+	$(BIN)/rtvoice bench all
 
 clean:
 	rm -rf $(VENV) $(EMULATOR_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache

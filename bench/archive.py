@@ -282,7 +282,10 @@ async def run_archive(
     ):
         for store in stores:
             if store == COSMOS and not EMULATOR_BIN.exists():
-                note = "skipped: emulator not installed (npm ci in tests/cosmos_emulator)"
+                note = (
+                    "skipped: emulator not installed (make bench, or npm ci in "
+                    "tests/cosmos_emulator)"
+                )
                 out.write(f"archive [{STORE_LABELS[store]}]: {note}\n")
                 runs.append(StoreRun(store, calls, note=note))
                 continue

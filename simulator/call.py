@@ -97,6 +97,7 @@ class SimCall:
             env.http, env.issuer, script.faults.callbacks, script.faults.callback_token
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._opening: asyncio.Task[None] | None = None  # CallConnected and its companions
         self._plays: set[asyncio.Task[None]] = set()
         self._play_lock = asyncio.Lock()
         self._media: MediaSession | None = None
@@ -251,6 +252,9 @@ class SimCall:
             self.report.unexpected.append(f"IncomingCall answered HTTP {response.status_code}")
 
     async def _connected(self, request: AnswerRequest) -> None:
+        """The call is up: ACS reports it and starts streaming at once. It does not wait for
+        the app's reply to CallConnected, so the sockets connect while the opening callbacks
+        are still being delivered."""
         await asyncio.sleep(self.env.connect_delay_s)
         self.state = "connected"
         self._participants_seq += 1
@@ -267,7 +271,7 @@ class SimCall:
         if request.transcription is not None and request.transcription.start:
             update = wire.transcription_update("transcriptionStarted", "subscriptionStarted")
             opening.append(("TranscriptionStarted", update))
-        await self._deliver(opening, request.callback_uri)
+        self._opening = self._spawn(self._deliver(opening, request.callback_uri))
         sockets = []
         if request.media is not None and request.media.start:
             sockets.append(self._connect_media(request.media.transport_url))
@@ -363,6 +367,8 @@ class SimCall:
                     await self._media.drain(DRAIN_LIMIT_S)
                 self._end("caller")
         await self._close_sockets()
+        if self._opening is not None:  # CallConnected goes out before CallDisconnected
+            await asyncio.wait([self._opening])
         by_app = self.report.hung_up_by == "app"
         result = (
             wire.result_information(200, 7000, "The conversation has ended.")
@@ -416,10 +422,11 @@ class SimCall:
 
     # --- callbacks ------------------------------------------------------------------------
 
-    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+    def _spawn(self, work: Coroutine[object, object, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _emit(self, events: list[tuple[str, Json]], url: str | None = None) -> None:
         self._spawn(self._deliver(events, url or self._must_request().callback_uri))

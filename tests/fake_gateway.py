@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 POLICY_VIOLATION = 1008
+CALLBACK_GATE_S = 3.0
 
 MediaHook = Callable[[WebSocket, str], Coroutine[Any, Any, None]]
 
@@ -93,9 +94,12 @@ class FakeGateway:
         dtmf: bool = False,
         verify_tokens: bool = True,
         reject: str | None = None,
+        callback_gate: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.acs = acs
         self.reject = reject  # a CallRejectReason: refuse every call with it instead of answering
+        # Callbacks are answered once this returns (503 after CALLBACK_GATE_S): a slow app.
+        self.callback_gate = callback_gate
         self.audio_format = audio_format
         self.channel_type = channel_type
         self.media_hook = media_hook
@@ -200,6 +204,11 @@ class FakeGateway:
             if not await asyncio.to_thread(self.verify, request.headers.get("authorization")):
                 self.seen.callback_rejections += 1
                 return Response(status_code=401)
+            if self.callback_gate is not None:
+                try:
+                    await asyncio.wait_for(self.callback_gate(), CALLBACK_GATE_S)
+                except TimeoutError:
+                    return Response(status_code=503)
             self.seen.callbacks.extend(orjson.loads(await request.body()))
             return Response(status_code=200)
 

@@ -44,6 +44,24 @@ async def test_transcription_results_follow_the_audio() -> None:
     assert report.transcripts_sent == 2
 
 
+async def test_media_streams_before_the_app_answers_call_connected() -> None:
+    """ACS starts streaming once the call is connected, without waiting for the app's reply
+    to CallConnected: an app still busy with its callbacks already has the caller's audio."""
+    media_up = asyncio.Event()
+
+    async def note(ws: WebSocket, call_id: str) -> None:
+        media_up.set()
+
+    async with AcsStandIn() as acs, FakeGateway(
+        acs, media_hook=note, callback_gate=media_up.wait
+    ) as gateway:
+        report = await acs.place_call(gateway.url, _script())
+    assert report.unexpected == []
+    assert report.frames_sent > 0
+    assert gateway.seen.callback_types()[0] == "CallConnected"
+    assert gateway.seen.callback_types()[-1] == "CallDisconnected"
+
+
 async def test_app_that_never_hangs_up_is_reported() -> None:
     script = _script(hangs_up="app", app_hangup_timeout_s=0.2)
     async with AcsStandIn() as acs, FakeGateway(acs) as gateway:

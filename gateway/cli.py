@@ -189,10 +189,6 @@ def configure_logging(level: int = logging.WARNING) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for name in URL_LOGGERS:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
-    # azure-communication-callautomation 1.6 warns about a field of its own model on every answer.
-    logging.getLogger(
-        "azure.communication.callautomation._generated._utils.serialization"
-    ).setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -75,11 +75,24 @@ def _keys_url(server: ThreadingHTTPServer) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}/calling/keys"
 
 
+def _stop(server: ThreadingHTTPServer) -> None:
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture(scope="module")
 def jwks_url(signing_key: rsa.RSAPrivateKey) -> Iterator[str]:
     server = _serve_jwks(signing_key)
     yield _keys_url(server)
-    server.shutdown()
+    _stop(server)
+
+
+@pytest.fixture
+def jwks_server(signing_key: rsa.RSAPrivateKey) -> Iterator[_JwksServer]:
+    """A JWKS of the test's own (its request count starts at 0), stopped after the test."""
+    server = _serve_jwks(signing_key)
+    yield server
+    _stop(server)
 
 
 def _token(key: rsa.RSAPrivateKey, *, kid: str | None = "k1", **claims: object) -> str:
@@ -130,15 +143,13 @@ async def test_keys_out_of_reach_are_not_a_bad_token(signing_key: rsa.RSAPrivate
 
 
 async def test_a_known_key_needs_no_key_set_read(
-    signing_key: rsa.RSAPrivateKey,
+    signing_key: rsa.RSAPrivateKey, jwks_server: _JwksServer
 ) -> None:
     """Keys are remembered by kid: a token with a known kid needs no JWKS read (nor a thread),
     and still gets every check."""
-    server = _serve_jwks(signing_key)
-    verifier = JwtVerifier(JwtPolicy(ISSUER, _keys_url(server), AUDIENCE))
+    verifier = JwtVerifier(JwtPolicy(ISSUER, _keys_url(jwks_server), AUDIENCE))
     await verifier.verify("Bearer " + _token(signing_key))
-    server.shutdown()
-    server.server_close()  # the key set is out of reach from now on
+    _stop(jwks_server)  # the key set is out of reach from now on
     assert (await verifier.verify("Bearer " + _token(signing_key)))["aud"] == AUDIENCE
     with pytest.raises(AuthError, match="invalid_token"):  # still every check on every token
         await verifier.verify("Bearer " + _token(signing_key, aud="other"))
@@ -191,21 +202,19 @@ BURST = 20
 
 @pytest.mark.parametrize("kid", ["k1", None], ids=["kid", "no_kid"])
 async def test_a_burst_on_a_cold_verifier_makes_one_key_lookup(
-    signing_key: rsa.RSAPrivateKey, lookups: Counter[str], kid: str | None
+    signing_key: rsa.RSAPrivateKey,
+    jwks_server: _JwksServer,
+    lookups: Counter[str],
+    kid: str | None,
 ) -> None:
     """Concurrent first tokens share one look-up of their key (one thread hop, one JWKS fetch),
     not one each: a cold gateway's first burst of callbacks is no herd against the issuer."""
-    server = _serve_jwks(signing_key)
-    verifier = JwtVerifier(JwtPolicy(ISSUER, _keys_url(server), AUDIENCE))
+    verifier = JwtVerifier(JwtPolicy(ISSUER, _keys_url(jwks_server), AUDIENCE))
     token = "Bearer " + _token(signing_key, kid=kid)
-    try:
-        claims = await asyncio.gather(*(verifier.verify(token) for _ in range(BURST)))
-    finally:
-        server.shutdown()
-        server.server_close()
+    claims = await asyncio.gather(*(verifier.verify(token) for _ in range(BURST)))
     assert [c["aud"] for c in claims] == [AUDIENCE] * BURST
     assert lookups["get_signing_key" if kid else "get_signing_keys"] == 1
-    assert server.hits == 1
+    assert jwks_server.hits == 1
 
 
 async def test_a_failed_lookup_reaches_every_waiter(
@@ -237,37 +246,29 @@ async def test_a_failed_lookup_reaches_every_waiter(
 
 
 async def test_a_cancelled_waiter_leaves_the_shared_lookup_to_the_others(
-    signing_key: rsa.RSAPrivateKey, lookups: Counter[str]
+    signing_key: rsa.RSAPrivateKey, jwks_server: _JwksServer, lookups: Counter[str]
 ) -> None:
-    server = _serve_jwks(signing_key)
-    verifier = JwtVerifier(JwtPolicy(ISSUER, _keys_url(server), AUDIENCE))
+    verifier = JwtVerifier(JwtPolicy(ISSUER, _keys_url(jwks_server), AUDIENCE))
     token = "Bearer " + _token(signing_key)
-    try:
-        gone = asyncio.create_task(verifier.verify(token))
-        staying = asyncio.create_task(verifier.verify(token))
-        await asyncio.sleep(0)  # both wait on the one look-up now
-        gone.cancel()
-        assert (await staying)["aud"] == AUDIENCE
-        with pytest.raises(asyncio.CancelledError):
-            await gone
-    finally:
-        server.shutdown()
-        server.server_close()
+    gone = asyncio.create_task(verifier.verify(token))
+    staying = asyncio.create_task(verifier.verify(token))
+    await asyncio.sleep(0)  # both wait on the one look-up now
+    gone.cancel()
+    assert (await staying)["aud"] == AUDIENCE
+    with pytest.raises(asyncio.CancelledError):
+        await gone
     assert lookups["get_signing_key"] == 1
-    assert server.hits == 1
+    assert jwks_server.hits == 1
 
 
 async def test_warming_up_fills_the_key_cache(
-    signing_key: rsa.RSAPrivateKey, lookups: Counter[str]
+    signing_key: rsa.RSAPrivateKey, jwks_server: _JwksServer, lookups: Counter[str]
 ) -> None:
-    server = _serve_jwks(signing_key)
-    verifier = JwtVerifier(JwtPolicy(ISSUER, _keys_url(server), AUDIENCE))
+    verifier = JwtVerifier(JwtPolicy(ISSUER, _keys_url(jwks_server), AUDIENCE))
     assert await verifier.warm() is True
-    assert server.hits == 1
+    assert jwks_server.hits == 1
     assert (await verifier.verify("Bearer " + _token(signing_key)))["aud"] == AUDIENCE
-    server.shutdown()
-    server.server_close()
-    assert server.hits == 1  # the token's key was known: no JWKS request, no thread hop
+    assert jwks_server.hits == 1  # the token's key was known: no JWKS request, no thread hop
     assert lookups["get_signing_key"] == 0
 
 

@@ -38,7 +38,15 @@ def _connect_ray(address: str, namespace: str) -> bool:
     import ray
 
     try:
-        ray.init(address=address, namespace=namespace, logging_level=logging.ERROR)
+        # No worker logs relayed: Ray prints the cluster's own (the raylet's "N worker
+        # processes have been started" warning, for one) on a driver's stdout, which here
+        # carries the command's answer (`rtvoice calls --json`).
+        ray.init(
+            address=address,
+            namespace=namespace,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+        )
     except ConnectionError:
         print(
             f"rtvoice: no Ray cluster at {address!r} (start one, or run `rtvoice demo "

@@ -28,6 +28,17 @@ def test_every_command_parses() -> None:
         assert callable(parser.parse_args(argv).func)
 
 
+def test_commands_join_ray_without_its_worker_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command that answers on stdout (``rtvoice calls --json``) must not get the cluster's
+    log lines there: Ray relays them to a driver's stdout (the raylet's warnings included)."""
+    import ray
+
+    joined: list[dict[str, object]] = []
+    monkeypatch.setattr(ray, "init", lambda **options: joined.append(options))
+    assert cli._connect_ray("auto", "rtvoice")
+    assert [o.get("log_to_driver") for o in joined] == [False]
+
+
 def test_serve_without_redis_is_a_config_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

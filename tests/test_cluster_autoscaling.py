@@ -300,8 +300,8 @@ async def rtvoice(gateway: Gateway, *args: str) -> bytes:
 
     Twice in full CI runs, never when this test ran alone (13 runs, 6 of them with a core kept
     busy), ``rtvoice calls --json`` exited 0 having written nothing to stdout or stderr, and
-    once its stdout did not begin with the JSON: Ray relayed the cluster's log lines (the
-    raylet's warnings) to the command's stdout, which it no longer asks for. An empty answer
+    once its stdout did not begin with the JSON, most likely a log line of the cluster's that
+    Ray relays to a driver's stdout (the command no longer asks for them). An empty answer
     is still retried once, and what the first attempt gave is printed for the log."""
     command = [str(BIN / "rtvoice"), *args]
     for attempt in (1, 2):

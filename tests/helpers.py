@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from actors.pool import WarmPool
 from actors.stream_server import ServerConnection, StreamServer
 from simulator.service import AcsStandIn
 from storage.archive import open_archive
@@ -41,6 +42,16 @@ async def eventually(
             if result:
                 return
             await asyncio.sleep(interval)
+
+
+async def spares_ready(pool: WarmPool, n: int, timeout: float = 60.0) -> None:
+    """Wait until the pool holds at least ``n`` spare actors (they start in the background:
+    on a busy machine, a test that places calls at once would meet cold starts instead)."""
+
+    async def enough() -> bool:
+        return await pool.spare_count() >= n
+
+    await eventually(enough, timeout)
 
 
 class Recorder:

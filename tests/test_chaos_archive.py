@@ -27,7 +27,7 @@ from storage.cosmos_archive import CosmosArchive
 from storage.errors import ArchiveError
 from storage.redis_manager import AsyncAzureRedisManager
 from storage.settings import load_settings
-from tests.helpers import cosmos_settings, eventually, transcript
+from tests.helpers import cosmos_settings, eventually, spares_ready, transcript
 from tests.servers import CosmosEmulator
 
 pytestmark = pytest.mark.chaos
@@ -222,7 +222,7 @@ async def test_cosmos_stopped_the_pool_still_fills_and_binds_calls(
     )
     try:
         await pool.refill_once()
-        await eventually(_spares(pool, 1), timeout=60)
+        await spares_ready(pool, 1)
         call_id = f"cosmos-down-spare-{uuid.uuid4().hex[:8]}"
         handle, _ = await pool.activate(call_id, {"caller_id": CALLER})
         assert pool.cold_starts == 0
@@ -232,11 +232,6 @@ async def test_cosmos_stopped_the_pool_still_fills_and_binds_calls(
         await pool.retire_all()
 
 
-def _spares(pool: WarmPool, n: int) -> Callable[[], Any]:
-    async def enough() -> bool:
-        return await pool.spare_count() >= n
-
-    return enough
 
 
 async def _queued(redis_mgr: AsyncAzureRedisManager, call_id: str) -> bool:

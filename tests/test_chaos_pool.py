@@ -21,7 +21,7 @@ from actors.pool import WarmPool
 from storage.keys import RedisKeyManager
 from storage.redis_manager import AsyncAzureRedisManager
 from tests.chaos import TcpProxy
-from tests.helpers import eventually
+from tests.helpers import spares_ready
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -105,7 +105,7 @@ async def test_racing_replicas_on_a_slow_redis_bind_one_actor_per_call(
     a, b = replicas
     before = await bound_calls(config.namespace)  # other tests' actors, if any
     await a.refill_once()
-    await eventually(lambda: _spares_at_least(a, SPARES), timeout=90)
+    await spares_ready(a, SPARES, timeout=90)
     call_ids = [f"race-{uuid.uuid4().hex[:8]}" for _ in range(CALLS)]
 
     slow_redis.reply_delay_s, slow_redis.reply_jitter_s = DELAY_S, JITTER_S
@@ -137,8 +137,6 @@ async def test_racing_replicas_on_a_slow_redis_bind_one_actor_per_call(
         await a.retire_all()
 
 
-async def _spares_at_least(pool: WarmPool, n: int) -> bool:
-    return await pool.spare_count() >= n
 
 
 async def _stall_every_other_period(proxy: TcpProxy) -> None:

@@ -55,7 +55,7 @@ from simulator.jwt_issuer import CALLBACK_TOKEN_LIFETIME_S, MEDIA_TOKEN_LIFETIME
 from simulator.service import AcsStandIn
 from storage.archive import open_archive
 from storage.settings import Settings
-from tests.helpers import archived_transcript
+from tests.helpers import archived_transcript, spares_ready
 from tests.helpers import eventually as poll_until
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -66,6 +66,7 @@ DUPLICATES = "rtvoice_gateway_duplicate_events_total"
 ANSWERED = "rtvoice_gateway_calls_answered_total"
 SET_UP = "rtvoice_gateway_call_setup_seconds_count"
 LIVE_TIMEOUT_S = 60.0  # generous: the machine is shared and actor processes start cold
+SPARES = 3  # the most calls one test places at once: each finds a warm actor
 
 
 eventually = partial(poll_until, timeout=LIVE_TIMEOUT_S, interval=0.1)
@@ -110,6 +111,7 @@ class Harness:
     stack: LocalStack
     namespace: str
     call_ids: list[str] = field(default_factory=list)
+    actors: dict[str, Any] = field(default_factory=dict)  # call id -> its actor's handle
 
     @property
     def acs(self) -> AcsStandIn:
@@ -121,6 +123,12 @@ class Harness:
         return self.stack.running[0]
 
     async def run(self, callers: list[CallerScript], url: str | None = None) -> list[CallReport]:
+        # A warm spare for each caller, as `rtvoice demo` waits for one. On a busy machine the
+        # tests before can leave the pool empty; a cold actor then starts behind the refill's
+        # processes, past the activation timeout, and the gateway hangs the call up (the drop
+        # that timeout is for, not what these tests are about).
+        pool = self.stack.pool
+        await spares_ready(pool, min(len(callers), pool.min_spares))
         report = await run_scenario(
             self.acs,
             url or self.stack.gateway_url,
@@ -143,14 +151,22 @@ class Harness:
         return found[0]
 
     async def actor(self, call_id: str) -> Any:
-        handle = None
+        """The call's actor, found as the gateway finds it (its owner's name in Redis) and
+        remembered: a restarted actor keeps its handle, and a test may have stopped Redis.
+        Scanning every spare (get_call_actor) asks each one in turn, and on a busy machine a
+        few spares being retired can make that outlast the wait: it is the last resort."""
+        handle = self.actors.get(call_id)
 
         async def found() -> bool:
             nonlocal handle
-            handle = await asyncio.to_thread(get_call_actor, call_id, self.namespace)
+            handle = await self.stack.pool.handle(call_id)
+            if handle is None:
+                handle = await asyncio.to_thread(get_call_actor, call_id, self.namespace)
             return handle is not None
 
-        await eventually(found)
+        if handle is None:
+            await eventually(found)
+            self.actors[call_id] = handle
         return handle
 
     async def info(self, call_id: str) -> dict[str, Any]:
@@ -190,6 +206,7 @@ async def harness(ray_cluster: dict[str, Any], stack_redis: str) -> AsyncIterato
         redis_url=stack_redis,
         environment=f"e2e{uuid.uuid4().hex[:8]}",  # keys unique to this module's run
         media_wait_s=1.0,  # an unknown call's media socket is refused after this long
+        pool_min_spares=SPARES,
     )
     async with LocalStack(base=base) as stack:
         h = Harness(stack, namespace)

@@ -25,7 +25,7 @@ from actors.pool import LIVE_HOLD_S, WarmPool, live_task_name, pool_target
 from actors.stream_client import open_stream
 from storage.conversation_store import CHECKPOINT_LUA
 from storage.redis_manager import AsyncAzureRedisManager
-from tests.helpers import eventually
+from tests.helpers import eventually, spares_ready
 
 pytestmark = pytest.mark.slow  # starts call actors on local Ray
 
@@ -59,11 +59,7 @@ async def pool(
 
 async def warm_up(pool: WarmPool, redis_mgr: AsyncAzureRedisManager, spares: int) -> None:
     await pool.refill_once()
-    await eventually(lambda: _at_least(pool, spares), timeout=60)
-
-
-async def _at_least(pool: WarmPool, n: int) -> bool:
-    return await pool.spare_count() >= n
+    await spares_ready(pool, spares)
 
 
 def actors_of(call_id: str, namespace: str) -> list[str]:
@@ -127,7 +123,7 @@ async def test_spare_starts_wait_while_calls_are_set_up_but_not_for_long(
         assert await pool.refill_once() == 0
         await asyncio.sleep(0.35)
         assert await pool.refill_once() == 1  # held long enough: the spare starts
-        await eventually(lambda: _at_least(pool, 1), timeout=60)
+        await spares_ready(pool, 1)
     finally:
         pool._setting_up = 0
         await pool.retire_all()

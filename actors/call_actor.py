@@ -544,12 +544,18 @@ class CallActor:
             self._exit_soon()
 
     async def _drain_streams(self) -> None:
-        """Read on until the gateway closes the streams (it does when ACS closes its sockets)."""
+        """Read on until the gateway closes the streams (it does when ACS closes its sockets).
+
+        A restarted process that no stream has reached yet first waits for one: the gateway
+        reconnects to replay what ACS sent while the process was down, and when the caller
+        hung up meanwhile, that is the call's last words."""
         server = self._server
         if server is None:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.end_drain_s):
+                if self.restarts:
+                    await server.wait_reached()
                 await server.wait_idle()
 
     async def _archive_call(self, reason: str) -> None:

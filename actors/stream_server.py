@@ -166,10 +166,15 @@ class StreamServer:
         self.connections: set[ServerConnection] = set()
         self._idle = asyncio.Event()  # set while no gateway connection is open
         self._idle.set()
+        self._reached = asyncio.Event()  # set once a gateway connection has opened
 
     async def wait_idle(self) -> None:
         """Until no gateway connection is open (the end of call reads on until then)."""
         await self._idle.wait()
+
+    async def wait_reached(self) -> None:
+        """Until a gateway connection has opened here (at once if one ever has)."""
+        await self._reached.wait()
 
     async def start(self) -> int:
         """Listen; returns the bound port (an ephemeral one when ``port`` was 0)."""
@@ -183,6 +188,7 @@ class StreamServer:
     def opened(self, conn: ServerConnection) -> None:
         self.connections.add(conn)
         self._idle.clear()
+        self._reached.set()
         self.handler.on_open(conn)
 
     def closed(self, conn: ServerConnection) -> None:

@@ -1,7 +1,8 @@
 """One ACS WebSocket bridged to its call actor's stream endpoint, frame by frame, both ways.
 
 Holds only sockets and a bounded buffer of messages that arrive while the actor is being
-re-resolved (after a restart); overflow drops the oldest and counts it. Media an actor that
+re-resolved (after a restart); overflow drops the oldest and counts it. That buffer still goes
+to the successor when ACS closes the socket meanwhile (the caller hung up). Media an actor that
 stopped reading leaves queued past a bound is dropped and counted too. Never touches Redis
 per frame: the endpoint is resolved once per (re)connection.
 
@@ -144,6 +145,7 @@ class StreamBridge:
             while True:
                 message = await self.websocket.receive()
                 if message["type"] == "websocket.disconnect":
+                    await self._deliver_pending()
                     return status.WS_1000_NORMAL_CLOSURE
                 text = message.get("text")
                 if text is None:
@@ -158,6 +160,7 @@ class StreamBridge:
                 finally:
                     self._forwarding = False
         except WebSocketDisconnect:
+            await self._deliver_pending()
             return status.WS_1000_NORMAL_CLOSURE
         except CallEnded:
             return status.WS_1000_NORMAL_CLOSURE
@@ -165,6 +168,16 @@ class StreamBridge:
             return status.WS_1013_TRY_AGAIN_LATER
         finally:
             await self.close()
+
+    async def _deliver_pending(self) -> None:
+        """ACS closed the socket (the caller hung up) while the actor was away: what ACS sent
+        meanwhile still goes to the successor, which the reconnect replays it to. The
+        reconnect's own deadline bounds the wait; a call already over takes nothing."""
+        reconnecting = self._reconnecting
+        if reconnecting is None or not self._pending:
+            return
+        with contextlib.suppress(CallEnded, ActorUnavailable):
+            await reconnecting
 
     def _take_direct(self, payload: bytes) -> bool:
         """ACS -> actor in the read callback, when nothing is waiting and the actor keeps up."""

@@ -611,3 +611,40 @@ async def test_turns_keep_their_order_across_the_end_of_settling(
 
 def heard(text: str) -> TranscriptionData:
     return TranscriptionData(text, final=True, confidence=0.9, participant="4:" + CALLER)
+
+
+async def test_a_restarted_actor_waits_for_the_streams_before_it_ends_the_call(
+    actor_config: Callable[..., CallActorConfig],
+) -> None:
+    """In process: the caller hangs up while the actor's process restarts. CallDisconnected
+    reaches the successor before the gateway has reconnected to replay what the caller said
+    meanwhile (gateway/stream_bridge.py): the successor waits for those streams, briefly,
+    before it archives."""
+    config = actor_config()  # the default end_drain_s: 2 s
+    call_id = f"call-{uuid.uuid4().hex[:12]}"
+    crashed = CallActor(call_id, config)
+    await crashed.activate(incoming())
+    await crashed.info()  # settled: the stored session names this actor, as a crash leaves it
+    for task in crashed._loops:  # the process dies: nothing of it runs on
+        task.cancel()
+    assert crashed._server is not None
+    await crashed._server.close()
+
+    successor = CallActor(call_id, config)
+    endpoint = await successor.activate(None)
+    assert successor.restarts == 1
+    await successor.handle_event(event("CallDisconnected"))
+    await asyncio.sleep(0.3)  # the gateway's reconnect comes a moment later
+    transcription = await connect(call_id, endpoint, "transcription")
+    await transcription.send_acs(transcript_msg("said while the actor restarted"))
+    await transcription.close()
+    await asyncio.wait_for(successor.finished.wait(), 20)
+    store = SqliteArchive(config.storage.archive_path)
+    try:
+        doc = await store.get_transcript(call_id)
+    finally:
+        await store.close()
+    assert doc is not None and doc["end_reason"] == "disconnected"
+    assert [t["text"] for t in doc["turns"] if t["role"] == "user"] == [
+        "said while the actor restarted"
+    ]

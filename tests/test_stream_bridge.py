@@ -263,6 +263,26 @@ async def test_actor_going_away_reconnects_and_replays_buffered_frames(
     assert ws.closed == []
 
 
+async def test_acs_hanging_up_while_the_actor_restarts_still_delivers_what_it_sent(
+    call_id: str, metrics: GatewayMetrics, actors: list[Actor]
+) -> None:
+    """The caller's last words arrive while the actor is away, then ACS closes the socket
+    (the caller hung up): they still reach the successor, so its transcript has them."""
+    first, second = actors
+    ws, resolver = FakeWebSocket(), Resolver(first.endpoint)
+    bridge = make_bridge(ws, call_id, resolver, metrics)
+    async with running(bridge) as task:
+        await go_away_and_hold(first, resolver, second)
+        ws.text("last words", "said while the actor restarts")
+        ws.disconnect()
+        await eventually(ws.drained, 10)
+        resolver.release()
+        assert await asyncio.wait_for(task, 10) == NORMAL_CLOSURE
+    assert second.texts() == ["last words", "said while the actor restarts"]
+    await eventually(lambda: not second.handler.open, 10)  # then closed, as for any hang-up
+    assert counter(metrics, "frames_dropped", stream=STREAM) == 0
+
+
 async def test_replay_buffer_overflow_drops_the_oldest_and_counts_them(
     call_id: str, metrics: GatewayMetrics, actors: list[Actor]
 ) -> None:

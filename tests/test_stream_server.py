@@ -7,6 +7,7 @@ import pytest
 
 from actors.stream_client import open_stream
 from actors.stream_protocol import FrameKind, HandshakeRefused, encode_frame
+from actors.stream_server import StreamServer
 from tests.helpers import Recorder, eventually, serving
 
 
@@ -49,3 +50,25 @@ async def test_garbage_hello_is_refused() -> None:
         await eventually(lambda: "handshake_timeout" in handler.refused)
         silent.close()
         assert handler.refused[0] == "bad_hello"
+
+
+async def test_the_end_of_a_call_can_wait_for_a_first_connection_then_for_none() -> None:
+    """What a restarted actor's end of call waits on (actors/call_actor.py _drain_streams)."""
+    server = StreamServer(Recorder(), call_id="c1", token="t")
+    port = await server.start()
+    try:
+        reached = asyncio.create_task(server.wait_reached())
+        with pytest.raises(HandshakeRefused):  # a refused hello is no connection
+            await open_stream("127.0.0.1", port, "wrong", "c1", "media")
+        await asyncio.sleep(0.05)
+        assert not reached.done()
+        conn = await open_stream("127.0.0.1", port, "t", "c1", "media")
+        await asyncio.wait_for(reached, 5)
+        idle = asyncio.create_task(server.wait_idle())
+        await asyncio.sleep(0.05)
+        assert not idle.done()
+        await conn.close()
+        await asyncio.wait_for(idle, 5)
+        await asyncio.wait_for(server.wait_reached(), 1)  # once reached, it stays reached
+    finally:
+        await server.close()

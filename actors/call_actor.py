@@ -396,12 +396,17 @@ class CallActor:
 
     # -- control plane (Ray methods) ----------------------------------------------------------
 
-    async def handle_event(self, event: dict[str, Any]) -> None:
-        """One Call Automation CloudEvent (``{"id","type","data"}``); duplicates are ignored."""
+    async def handle_event(self, event: dict[str, Any], call_id: str | None = None) -> None:
+        """One Call Automation CloudEvent (``{"id","type","data"}``); duplicates are ignored.
+
+        ``call_id``: the call the gateway delivers it for. A spare is created without a call, so
+        a spare's process that Ray restarted knows none until it is bound again, and an event
+        (the caller's CallDisconnected) can reach it before the gateway's stream reconnect
+        does: the event binds it then, as ``bind`` does."""
         if self._ending is not None:
             return
         if self._endpoint is None:
-            await self.activate(None)
+            await (self.bind(call_id) if call_id else self.activate(None))
         event_id = str(event.get("id") or "")
         if self.state.seen(event_id):
             self.metrics.duplicate_events += 1

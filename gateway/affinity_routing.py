@@ -148,7 +148,7 @@ class AffinityRouter:
                 await self.activate(call_id)  # CallEnded if the call is over
                 return await self.deliver(call_id, event)
             self._handles[call_id] = handle
-        future = asyncio.wrap_future(handle.handle_event.remote(event).future())
+        future = asyncio.wrap_future(handle.handle_event.remote(event, call_id).future())
         self._inflight.add(future)
         future.add_done_callback(self._event_done)
         return True

@@ -648,3 +648,31 @@ async def test_a_restarted_actor_waits_for_the_streams_before_it_ends_the_call(
     assert [t["text"] for t in doc["turns"] if t["role"] == "user"] == [
         "said while the actor restarted"
     ]
+
+
+async def test_an_event_binds_a_restarted_spare_to_its_call_again(
+    actor_config: Callable[..., CallActorConfig],
+) -> None:
+    """In process: a spare's process restarted by Ray knows no call (spares are created
+    without one). The caller's CallDisconnected can reach it before the gateway's stream
+    reconnect binds it again: the event, delivered for its call, binds it and ends the call."""
+    config = actor_config()
+    call_id = f"call-{uuid.uuid4().hex[:12]}"
+    crashed = CallActor(None, config)
+    await crashed.bind(call_id, incoming())
+    await crashed.info()  # settled: the stored session names this actor, as a crash leaves it
+    for task in crashed._loops:  # the process dies: nothing of it runs on
+        task.cancel()
+    assert crashed._server is not None
+    await crashed._server.close()
+
+    restarted = CallActor(None, config)
+    await restarted.handle_event(event("CallDisconnected"), call_id)
+    assert restarted.call_id == call_id and restarted.restarts == 1
+    await asyncio.wait_for(restarted.finished.wait(), 20)
+    store = SqliteArchive(config.storage.archive_path)
+    try:
+        doc = await store.get_transcript(call_id)
+    finally:
+        await store.close()
+    assert doc is not None and doc["end_reason"] == "disconnected"

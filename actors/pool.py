@@ -34,6 +34,8 @@ from storage.redis_manager import AsyncAzureRedisManager
 
 log = logging.getLogger(__name__)
 
+# One replica at a time keeps a pool full: the lease "pool-keeper-<pool name>". Per pool, as a
+# new release (another actor configuration) has its own pool to keep, beside the old one.
 KEEPER_LEASE = "pool-keeper"
 MAX_TAKE_ATTEMPTS = 3  # spares found dead before falling back to a cold actor
 DEMAND_WINDOW_S = 30.0
@@ -244,7 +246,7 @@ class WarmPool:
         many it started (each is queued once warm). Past the target, retires one spare per
         pass: each holds a call slot, so surplus spares would keep idle nodes in the cluster."""
         self.spares_seen = await self.spare_count()
-        if not await self._redis.hold_lease(KEEPER_LEASE, self._owner, lease_s=30):
+        if not await self._redis.hold_lease(f"{KEEPER_LEASE}-{self.name}", self._owner, lease_s=30):
             return 0
         missing = self.target() - self.spares_seen - self._starting
         if missing < 0 and self._starting == 0:

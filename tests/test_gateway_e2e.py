@@ -525,6 +525,7 @@ async def test_replies_spoken_by_acs_play_media(harness: Harness) -> None:
     script = caller("+14255550199", 15, ["please read this back to me"], tail_s=3.0)
     async with LocalStack(base=harness.settings(), actor_overrides={"speaker": "acs"}) as stack:
         assert stack.acs is not None and stack.settings is not None
+        await spares_ready(stack.pool, 1)  # its own spares, with the ACS speaker (Harness.run)
         result = await run_scenario(stack.acs, stack.gateway_url, Scenario(callers=[script]))
         report = result.calls[0]
         harness.call_ids.append(report.call_connection_id)
@@ -785,6 +786,7 @@ async def test_cosmos_down_at_hang_up_the_production_drainer_archives_once(
     try:
         async with LocalStack(base=base) as stack:
             assert stack.acs is not None and stack.settings is not None and stack.redis
+            await spares_ready(stack.pool, 1)  # as Harness.run does
             placed = asyncio.create_task(
                 run_scenario(stack.acs, stack.gateway_url, Scenario(callers=[script]))
             )

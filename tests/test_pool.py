@@ -179,6 +179,23 @@ def _refuse() -> None:
     raise RuntimeError("Ray is not initialized")
 
 
+async def test_pools_of_two_configurations_are_each_kept_full(
+    redis_mgr: AsyncAzureRedisManager, config: CallActorConfig
+) -> None:
+    """A new release (another actor configuration) has a pool of its own: the replica keeping
+    the old pool full must not keep the new one empty."""
+    old = new_pool(redis_mgr, config, spares=1)
+    new = new_pool(redis_mgr, config.with_changes(checkpoint_interval_s=0.4), spares=1)
+    assert old.name != new.name
+    try:
+        await warm_up(old, redis_mgr, 1)  # its replica keeps the lease from here on
+        assert await new.refill_once() == 1
+        await spares_ready(new, 1)
+    finally:
+        await old.retire_all()
+        await new.retire_all()
+
+
 @pytest.mark.parametrize("answered", [False, True], ids=["resolved", "answered"])
 async def test_racing_replicas_bind_one_actor_per_call(
     redis_mgr: AsyncAzureRedisManager, config: CallActorConfig, answered: bool

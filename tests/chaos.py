@@ -189,6 +189,19 @@ class GatewayProcess:
                         return self
                 await asyncio.sleep(0.2)
 
+    async def warm(self, spares: int = 1, timeout_s: float = 60.0) -> None:
+        """Until the replica sees ``spares`` spare actors in its pool (its /metrics), as
+        `rtvoice demo` waits: on a busy machine, a call placed at once would start a cold actor
+        past the activation timeout, and the gateway would hang it up."""
+        prefix = "rtvoice_gateway_pool_spares "
+        async with httpx.AsyncClient(trust_env=False) as http, asyncio.timeout(timeout_s):
+            while True:
+                lines = (await http.get(f"{self.url}/metrics")).text.splitlines()
+                seen = [float(line[len(prefix) :]) for line in lines if line.startswith(prefix)]
+                if seen and seen[0] >= spares:
+                    return
+                await asyncio.sleep(0.2)
+
     def kill(self) -> None:
         """SIGKILL: no clean-up, sockets reset, whatever was in flight is lost."""
         if self.proc is not None and self.proc.poll() is None:

@@ -69,6 +69,7 @@ async def test_a_gateway_killed_mid_call_the_call_goes_on_through_another_replic
             await asyncio.gather(
                 first.start(tmp_path / "gw-a.log"), second.start(tmp_path / "gw-b.log")
             )
+            await first.warm()
             # The first replica takes every connection while it lives.
             balancer.upstreams = [("127.0.0.1", first.port), ("127.0.0.1", second.port)]
             placed = asyncio.create_task(

@@ -176,7 +176,8 @@ class StreamBridge:
         reconnecting = self._reconnecting
         if reconnecting is None or not self._pending:
             return
-        with contextlib.suppress(CallEnded, ActorUnavailable):
+        # What ends it: the call over, the actor unreachable, or closing the socket ACS closed.
+        with contextlib.suppress(CallEnded, ActorUnavailable, WebSocketDisconnect):
             await reconnecting
 
     def _take_direct(self, payload: bytes) -> bool:

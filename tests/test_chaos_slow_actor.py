@@ -19,7 +19,7 @@ from simulator import Scenario, run_scenario
 from simulator.devstack.local_stack import LocalStack
 from storage.settings import Settings
 from tests.chaos import LIVE_TIMEOUT_S, caller, live_call_id, user_turns_heard
-from tests.helpers import archived_transcript, eventually
+from tests.helpers import archived_transcript, eventually, spares_ready
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -36,7 +36,7 @@ async def frames_in(handle: Any) -> int:
 async def test_a_slow_actor_delays_no_other_call_and_its_backlog_is_bounded(
     stack_base: Settings,
 ) -> None:
-    base = stack_base
+    base = stack_base.replace(pool_min_spares=3)  # a spare for each of the three calls
     namespace = base.actors.ray_namespace
     lines = ["the first thing I say", "the second thing I say", "the third thing I say"]
     scripts = [caller(f"+1425555090{i}", 5 + 4 * i, lines, pause_s=STOPPED_S / 2) for i in range(3)]
@@ -44,6 +44,7 @@ async def test_a_slow_actor_delays_no_other_call_and_its_backlog_is_bounded(
     try:
         async with LocalStack(base=base) as stack:
             assert stack.acs is not None and stack.settings is not None
+            await spares_ready(stack.pool, len(scripts))  # no cold start past the timeout
             placed = asyncio.create_task(
                 run_scenario(
                     stack.acs, stack.gateway_url, Scenario(calls=len(scripts), callers=scripts)

@@ -136,12 +136,19 @@ def get_call_actor(call_id: str, namespace: str) -> ActorHandle[CallActor] | Non
         return ray.get_actor(call_id, namespace=namespace)
     except ValueError:
         pass
+    asked: dict[Any, ActorHandle[CallActor]] = {}
     for entry in ray.util.list_named_actors(all_namespaces=True):
         name = entry["name"]
         if entry.get("namespace") != namespace or not name.startswith(SPARE_PREFIX):
             continue
-        with contextlib.suppress(Exception):  # gone, or restarting: not this call's
+        with contextlib.suppress(Exception):  # gone: not this call's
             handle = ray.get_actor(name, namespace=namespace)
-            if ray.get(handle.bound_call.remote(), timeout=5) == call_id:
-                return handle
+            asked[handle.bound_call.remote()] = handle
+    # Every spare at once, 5 s for all: one in turn after another, a stopped or restarting
+    # spare among many made the look-up last 5 s each.
+    answered, _ = ray.wait(list(asked), num_returns=len(asked), timeout=5) if asked else ([], [])
+    for ref in answered:
+        with contextlib.suppress(Exception):  # died or restarting: not this call's
+            if ray.get(ref) == call_id:
+                return asked[ref]
     return None

@@ -56,8 +56,10 @@ async def test_a_slow_actor_delays_no_other_call_and_its_backlog_is_bounded(
                     lambda c=call_id: user_turns_heard(c, namespace, 1), timeout=LIVE_TIMEOUT_S
                 )
             slow, others = call_ids[0], call_ids[1:]
-            # Handles first: looking an actor up asks every spare, the stopped one too.
-            handles = [await asyncio.to_thread(get_call_actor, c, namespace) for c in call_ids]
+            # Handles first, from the pool's owner records (as the gateway finds them): asking
+            # every spare in turn (get_call_actor) can outlast its waits on a busy machine.
+            handles = [await stack.pool.handle(c) for c in call_ids]
+            assert all(h is not None for h in handles)
             pid = (await handles[0].info.remote())["pid"]
             os.kill(pid, signal.SIGSTOP)
             stopped = asyncio.get_running_loop().time()

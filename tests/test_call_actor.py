@@ -613,6 +613,24 @@ def heard(text: str) -> TranscriptionData:
     return TranscriptionData(text, final=True, confidence=0.9, participant="4:" + CALLER)
 
 
+async def crash(actor: CallActor) -> None:
+    """In process, what SIGKILL does to an actor's process once its activation has settled
+    (the stored session names it, as a crash leaves it): nothing of it runs on."""
+    await actor.info()
+    for task in actor._loops:
+        task.cancel()
+    assert actor._server is not None
+    await actor._server.close()
+
+
+async def archived(config: CallActorConfig, call_id: str) -> dict[str, Any] | None:
+    store = SqliteArchive(config.storage.archive_path)
+    try:
+        return await store.get_transcript(call_id)
+    finally:
+        await store.close()
+
+
 async def test_a_restarted_actor_waits_for_the_streams_before_it_ends_the_call(
     actor_config: Callable[..., CallActorConfig],
 ) -> None:
@@ -624,11 +642,7 @@ async def test_a_restarted_actor_waits_for_the_streams_before_it_ends_the_call(
     call_id = f"call-{uuid.uuid4().hex[:12]}"
     crashed = CallActor(call_id, config)
     await crashed.activate(incoming())
-    await crashed.info()  # settled: the stored session names this actor, as a crash leaves it
-    for task in crashed._loops:  # the process dies: nothing of it runs on
-        task.cancel()
-    assert crashed._server is not None
-    await crashed._server.close()
+    await crash(crashed)
 
     successor = CallActor(call_id, config)
     endpoint = await successor.activate(None)
@@ -639,11 +653,7 @@ async def test_a_restarted_actor_waits_for_the_streams_before_it_ends_the_call(
     await transcription.send_acs(transcript_msg("said while the actor restarted"))
     await transcription.close()
     await asyncio.wait_for(successor.finished.wait(), 20)
-    store = SqliteArchive(config.storage.archive_path)
-    try:
-        doc = await store.get_transcript(call_id)
-    finally:
-        await store.close()
+    doc = await archived(config, call_id)
     assert doc is not None and doc["end_reason"] == "disconnected"
     assert [t["text"] for t in doc["turns"] if t["role"] == "user"] == [
         "said while the actor restarted"
@@ -660,19 +670,11 @@ async def test_an_event_binds_a_restarted_spare_to_its_call_again(
     call_id = f"call-{uuid.uuid4().hex[:12]}"
     crashed = CallActor(None, config)
     await crashed.bind(call_id, incoming())
-    await crashed.info()  # settled: the stored session names this actor, as a crash leaves it
-    for task in crashed._loops:  # the process dies: nothing of it runs on
-        task.cancel()
-    assert crashed._server is not None
-    await crashed._server.close()
+    await crash(crashed)
 
     restarted = CallActor(None, config)
     await restarted.handle_event(event("CallDisconnected"), call_id)
     assert restarted.call_id == call_id and restarted.restarts == 1
     await asyncio.wait_for(restarted.finished.wait(), 20)
-    store = SqliteArchive(config.storage.archive_path)
-    try:
-        doc = await store.get_transcript(call_id)
-    finally:
-        await store.close()
+    doc = await archived(config, call_id)
     assert doc is not None and doc["end_reason"] == "disconnected"

@@ -153,8 +153,8 @@ class Harness:
     async def actor(self, call_id: str) -> Any:
         """The call's actor, found as the gateway finds it (its owner's name in Redis) and
         remembered: a restarted actor keeps its handle, and a test may have stopped Redis.
-        Scanning every spare (get_call_actor) asks each one in turn, and on a busy machine a
-        few spares being retired can make that outlast the wait: it is the last resort."""
+        Asking every spare (get_call_actor) is the last resort: on a busy machine, spares
+        being retired or restarted make it slow."""
         handle = self.actors.get(call_id)
 
         async def found() -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import wave
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +72,18 @@ def speech_like(duration_s: float, fmt: AudioFormat, voice: int, amplitude: floa
     ramp = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.02)  # 20 ms fade in and out
     pcm = signal / 1.75 * envelope * ramp * amplitude * 32767
     return pcm.astype("<i2").tobytes()
+
+
+def prepare_speech(lines: Iterable[tuple[str, int]]) -> int:
+    """Synthesise ``(text, voice)`` lines ahead, in every format ACS may ask for (the answer
+    picks one), so a burst of callers does not synthesise them on the cores it is measured on.
+    Returns how many were made; past the cache's size the oldest are made again when said."""
+    made = 0
+    for text, voice in lines:
+        for rate in SUPPORTED_RATES:
+            speech_like(speaking_duration(text), AudioFormat(rate), voice)
+            made += 1
+    return made
 
 
 def silence(duration_s: float, fmt: AudioFormat) -> bytes:

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from simulator.audio import prepare_speech
 from simulator.report import CallReport
 from simulator.script import CallerScript
 from simulator.service import AcsStandIn
@@ -95,6 +96,12 @@ async def run_scenario(
 ) -> ScenarioReport:
     """Place every call (staggered arrivals, all concurrent) and collect their reports in order."""
     report = ScenarioReport()
+    prepare_speech(
+        (line.say, caller.voice)
+        for caller in (scenario.caller_for(i) for i in range(scenario.calls))
+        for line in caller.lines
+        if line.say is not None and line.wav is None
+    )
     started = time.monotonic()
     if scenario.validate_subscription:
         report.subscription_validated = await acs.validate_subscription(gateway_url)

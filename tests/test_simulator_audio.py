@@ -70,3 +70,14 @@ def test_stereo_wav_is_mixed_down(tmp_path: Path) -> None:
 def test_speaking_duration() -> None:
     assert audio.speaking_duration("one two three four five") == pytest.approx(2.0)
     assert audio.speaking_duration("hi") == pytest.approx(0.4)
+
+
+def test_prepared_speech_is_not_synthesised_again_in_either_format() -> None:
+    text, voice = "a line prepared ahead of its call", 9_001  # a voice no other test uses
+    assert audio.prepare_speech([(text, voice)]) == len(audio.SUPPORTED_RATES)
+    before = audio.speech_like.cache_info()
+    for rate in audio.SUPPORTED_RATES:
+        audio.speech_like(audio.speaking_duration(text), AudioFormat(rate), voice)
+    after = audio.speech_like.cache_info()
+    assert after.hits - before.hits == len(audio.SUPPORTED_RATES)
+    assert after.misses == before.misses

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-import httpx
+import orjson
 from starlette import status
 
 from simulator import wire
@@ -33,6 +33,7 @@ from simulator.audio import (
     speech_like,
 )
 from simulator.callbacks import CallbackSender, Delivery
+from simulator.http_post import Poster, PostFailed
 from simulator.jwt_issuer import MEDIA_TOKEN_LIFETIME_S, JwtIssuer, TokenFault
 from simulator.media_client import MediaSession
 from simulator.pacing import Pacer
@@ -56,7 +57,7 @@ ABNORMAL_CLOSURE = 1006  # the connection dropped without a closing handshake
 class CallEnv:
     """What every call shares: the HTTP client, the token issuer and the stand-in's settings."""
 
-    http: httpx.AsyncClient
+    http: Poster
     issuer: JwtIssuer
     topic: str
     event_grid_path: str = "/api/incoming-call"
@@ -239,17 +240,17 @@ class SimCall:
         )
         events = wire.incoming_call_events(fields, self.env.topic, datetime.now(UTC))
         try:
-            response = await self.env.http.post(
+            posted = await self.env.http.post(
                 self.gateway_url + self.env.event_grid_path,
-                json=events,
-                headers=event_grid_headers("Notification"),
+                orjson.dumps(events),
+                event_grid_headers("Notification"),
             )
-        except httpx.HTTPError as exc:
-            self.report.unexpected.append(f"IncomingCall delivery failed: {type(exc).__name__}")
+        except PostFailed as exc:
+            self.report.unexpected.append(f"IncomingCall delivery failed: {exc}")
             return
-        self.report.incoming_call_status = response.status_code
-        if not 200 <= response.status_code < 300:
-            self.report.unexpected.append(f"IncomingCall answered HTTP {response.status_code}")
+        self.report.incoming_call_status = posted.status
+        if not 200 <= posted.status < 300:
+            self.report.unexpected.append(f"IncomingCall answered HTTP {posted.status}")
 
     async def _connected(self, request: AnswerRequest) -> None:
         """The call is up: ACS reports it and starts streaming at once. It does not wait for

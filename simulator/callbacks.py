@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import httpx
 import orjson
 from tenacity import (
     AsyncRetrying,
@@ -18,6 +17,7 @@ from tenacity import (
     wait_incrementing,
 )
 
+from simulator.http_post import Poster, PostFailed
 from simulator.jwt_issuer import CALLBACK_TOKEN_LIFETIME_S, JwtIssuer, TokenFault
 from simulator.script import CallbackKnobs
 from simulator.wire import Json
@@ -50,7 +50,7 @@ def delivery_order(events: list[Json], knobs: CallbackKnobs) -> list[Json]:
 class CallbackSender:
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: Poster,
         issuer: JwtIssuer,
         knobs: CallbackKnobs,
         token_fault: TokenFault = TokenFault.NONE,
@@ -78,10 +78,9 @@ class CallbackSender:
             headers = {"Content-Type": "application/json"}
             headers.update(self._issuer.bearer(CALLBACK_TOKEN_LIFETIME_S, self._token_fault))
             try:
-                response = await self._http.post(url, content=body, headers=headers)
-            except httpx.HTTPError:
+                return (await self._http.post(url, body, headers)).status
+            except PostFailed:
                 return None
-            return response.status_code
 
         redeliver = AsyncRetrying(
             retry=retry_if_result(_undelivered),

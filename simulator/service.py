@@ -14,13 +14,14 @@ import uuid
 from datetime import UTC, datetime
 from types import TracebackType
 
-import httpx
+import orjson
 import uvicorn
 from starlette import status
 
 from gateway.embedded_server import EmbeddedServer  # uvicorn, minus its signal capture
 from simulator import wire
 from simulator.call import CallEnv, SimCall, event_grid_headers
+from simulator.http_post import Poster, PostFailed
 from simulator.jwt_issuer import ACS_ISSUER, JwtIssuer
 from simulator.report import CallReport
 from simulator.rest_api import RestCall, RestError, build_app
@@ -67,7 +68,7 @@ class AcsStandIn:
         self._ringing: dict[str, SimCall] = {}  # by incomingCallContext
         self._server: EmbeddedServer | None = None
         self._serving: asyncio.Task[None] | None = None
-        self._http: httpx.AsyncClient | None = None
+        self._http: Poster | None = None
         self._placed = 0
 
     # --- what an app is configured with -----------------------------------------------------
@@ -107,11 +108,7 @@ class AcsStandIn:
         )
         self._server = EmbeddedServer(config)
         self._serving = asyncio.create_task(self._server.serve(sockets=[self._socket]))
-        self._http = httpx.AsyncClient(
-            timeout=HTTP_TIMEOUT_S,
-            trust_env=False,  # loopback gateways must never be reached through a proxy
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-        )
+        self._http = Poster(HTTP_TIMEOUT_S)
         while not self._server.started:
             if self._serving.done():
                 await self._serving  # surfaces the startup error
@@ -123,7 +120,7 @@ class AcsStandIn:
             self._server.should_exit = True
             await self._serving
         if self._http is not None:
-            await self._http.aclose()
+            await self._http.close()
         self._socket.close()
         self._server = self._serving = self._http = None
 
@@ -159,19 +156,20 @@ class AcsStandIn:
         code = str(uuid.uuid4()).upper()
         events = wire.subscription_validation_events(code, self.topic, datetime.now(UTC))
         try:
-            response = await env.http.post(
+            posted = await env.http.post(
                 gateway_url.rstrip("/") + self.event_grid_path,
-                json=events,
-                headers=event_grid_headers("SubscriptionValidation"),
+                orjson.dumps(events),
+                event_grid_headers("SubscriptionValidation"),
             )
-        except httpx.HTTPError:
+        except PostFailed:
             return False
-        if response.status_code != status.HTTP_200_OK:
+        if posted.status != status.HTTP_200_OK:
             return False
         try:
-            return bool(response.json().get("validationResponse") == code)
-        except ValueError:
+            reply = orjson.loads(posted.body)
+        except orjson.JSONDecodeError:
             return False
+        return isinstance(reply, dict) and reply.get("validationResponse") == code
 
     async def place_call(
         self, gateway_url: str, caller: CallerScript | None = None, index: int | None = None

@@ -47,6 +47,10 @@ ARCHIVE_WAIT_S = 30.0  # actors archive after their call ends
 BURST_POLL_S = 0.005  # how often the CPU watcher looks for the burst's start and end
 BURST_TIMEOUT_S = 60.0
 CALLER_LINE = "Hello, I am calling about my order."
+# The stand-in serves ACS's token keys and starts with the burst: up this long first, the
+# gateway (asking every second while they are out of reach) holds them before the first call,
+# as a gateway long in service would. Otherwise the burst's first sockets wait for the fetch.
+WARM_UP_S = 1.5
 
 # How "actor ready" was measured for a call (CallSetup.ready_source).
 READY_ACTIVATION = "activation"
@@ -396,7 +400,7 @@ async def _place_calls(
     scenario.write_text(burst_scenario(calls).model_dump_json())
     report_path = workdir / "calls.json"
     command = load_generator_command(
-        acs, stack.gateway_url, calls, report_path, scenario=scenario
+        acs, stack.gateway_url, calls, report_path, scenario=scenario, warm_up_s=WARM_UP_S
     )
     async with load_generator(command, report_path) as generator:
         doc, err = await generator.report()

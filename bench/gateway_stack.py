@@ -176,10 +176,12 @@ def load_generator_command(
     talk_s: float = 10.0,
     scenario: Path | None = None,
     fast: bool = False,
+    warm_up_s: float = 0.0,
 ) -> list[str]:
     """The stand-in placing ``calls`` callers who talk for ``talk_s`` (or as ``scenario`` says,
     a Scenario JSON file), writing its report to ``report``; ``fast``: the callers send their
-    frames as fast as they can instead of at real time."""
+    frames as fast as they can instead of at real time; ``warm_up_s``: the stand-in is up this
+    long before the first call rings."""
     # "--flag=value": a secret may begin with "-", which argparse would take for a flag.
     callers = [f"--scenario={scenario}"] if scenario else [f"--duration={talk_s}"]
     return [
@@ -195,5 +197,6 @@ def load_generator_command(
         "--answer-timeout=30",
         f"--json={report}",
         "--no-progress",
+        f"--warm-up={warm_up_s}",
         *(["--fast"] if fast else []),
     ]  # fmt: skip

@@ -487,10 +487,10 @@ def create_app(gateway: Gateway) -> Starlette:
         drainer = gateway.drainer
         draining = asyncio.create_task(drainer.run(stopping)) if drainer else None
         # The token issuers' keys, fetched in the background (start-up and readiness never wait)
-        # so a cold replica's first burst of callbacks finds them; a failure changes nothing.
+        # so a cold replica's first burst of callbacks finds them; out of reach, asked again.
         entra = gateway.event_grid_auth.verifier if gateway.event_grid_auth else None
         for verifier in filter(None, (gateway.verifier, entra)):
-            gateway.spawn(verifier.warm())
+            gateway.spawn(verifier.keep_warm())
         try:
             yield
         finally:

@@ -41,6 +41,9 @@ class JwtPolicy:
     leeway_s: float = 30.0
 
 
+# While the issuer's key set is out of reach at start-up, it is asked again this often, so the
+# first burst of tokens after it comes back finds the keys known (not fetched in its path).
+KEYS_RETRY_S = 1.0
 MAX_KEYS = 64  # key ids remembered (an issuer publishes a handful)
 MAX_TOKEN_CHARS = 16 * 1024  # far above any ACS or Entra ID token; refused before parsing
 MAX_URL_SECRET_CHARS = 128
@@ -62,16 +65,29 @@ class JwtVerifier:
         # and possibly one JWKS fetch, per token (20 hops for a burst of 20).
         self._lookups: dict[str | None, asyncio.Task[list[Any]]] = {}
 
-    async def warm(self) -> bool:
+    async def warm(self, *, quiet: bool = False) -> bool:
         """Fetch the issuer's signing keys now (off the event loop) and remember them by kid, so
-        the first burst of tokens finds them known. False, with a warning, if the key set
-        cannot be fetched: then the first token fetches it, as without warming up."""
+        the first burst of tokens finds them known. False, with a warning (``quiet``: at debug
+        level), if the key set cannot be fetched: then the first token fetches it, as without
+        warming up."""
         try:
             await self._lookup(None)
         except Exception as exc:  # whatever the fetch met: never fail the caller (start-up)
-            log.warning("fetching the token issuer's signing keys failed: %s", type(exc).__name__)
+            level = logging.DEBUG if quiet else logging.WARNING
+            reason = type(exc).__name__
+            log.log(level, "fetching the token issuer's signing keys failed: %s", reason)
             return False
         return True
+
+    async def keep_warm(self, retry_s: float = KEYS_RETRY_S) -> None:
+        """``warm`` until the keys are fetched, every ``retry_s`` (a start-up's first failure
+        is a warning, the retries debug lines)."""
+        quiet = False
+        while not await self.warm(quiet=quiet):
+            quiet = True
+            await asyncio.sleep(retry_s)
+        if quiet:
+            log.info("fetched the token issuer's signing keys")
 
     async def verify(self, authorization: str | None) -> dict[str, object]:
         if not authorization:

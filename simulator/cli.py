@@ -60,6 +60,12 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--answer-timeout", type=float, default=10.0)
     parser.add_argument(
+        "--warm-up",
+        type=float,
+        default=0.0,
+        help="seconds the stand-in is up (serving its token keys) before the first call rings",
+    )
+    parser.add_argument(
         "--json", dest="json_out", default=None, help="write the report (- = stdout)"
     )
     parser.add_argument("--save-audio", type=Path, default=None, help="write heard audio WAVs here")
@@ -182,6 +188,7 @@ async def simulate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             f"ACS stand-in: endpoint={acs.endpoint} issuer={acs.issuer} "
             f"jwks={acs.jwks_url} audience={acs.audience}\n"
         )
+        await asyncio.sleep(max(0.0, args.warm_up))
         ticker = asyncio.create_task(progress.tick()) if progress.enabled else None
         try:
             report = await run_scenario(acs, args.gateway, scenario, progress.call_done)

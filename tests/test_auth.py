@@ -48,7 +48,7 @@ class _JwksServer(ThreadingHTTPServer):
             self.hits += 1
 
 
-def _serve_jwks(signing_key: rsa.RSAPrivateKey) -> _JwksServer:
+def _serve_jwks(signing_key: rsa.RSAPrivateKey, port: int = 0) -> _JwksServer:
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(signing_key.public_key()))
     jwk.update(kid="k1", use="sig", alg="RS256")
     body = json.dumps({"keys": [jwk]}).encode()
@@ -66,7 +66,7 @@ def _serve_jwks(signing_key: rsa.RSAPrivateKey) -> _JwksServer:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = _JwksServer(("127.0.0.1", 0), Handler)
+    server = _JwksServer(("127.0.0.1", port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -287,6 +287,30 @@ async def test_warming_up_without_the_key_set_only_says_so(
     assert "127.0.0.1" not in record.getMessage()
     with pytest.raises(KeysUnavailable):
         await verifier.verify("Bearer " + _token(signing_key))
+
+
+async def test_keys_out_of_reach_at_start_up_are_fetched_once_the_issuer_is_back(
+    signing_key: rsa.RSAPrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica that started while the issuer was unreachable keeps asking, so the first
+    tokens after it comes back find the keys known; one warning, not one per retry."""
+    port = free_port()
+    verifier = JwtVerifier(JwtPolicy(ISSUER, f"http://127.0.0.1:{port}/calling/keys", AUDIENCE))
+    with caplog.at_level(logging.DEBUG, logger="gateway.auth"):
+        warming = asyncio.create_task(verifier.keep_warm(retry_s=0.05))
+        await asyncio.sleep(0.3)  # a few retries against nothing
+        assert not warming.done()
+        server = _serve_jwks(signing_key, port)
+        try:
+            await asyncio.wait_for(warming, 5.0)
+            assert server.hits == 1
+            assert (await verifier.verify("Bearer " + _token(signing_key)))["aud"] == AUDIENCE
+            assert server.hits == 1  # the token found its key known
+        finally:
+            _stop(server)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert len([r for r in caplog.records if "failed" in r.getMessage()]) > 1
 
 
 def test_url_secrets_constant_time_verify() -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import io
 import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+
+import aiohttp
+from aiohttp import web
 
 from simulator.audio import AudioFormat, load_wav, speech_like
 from simulator.cli import (
@@ -118,3 +122,49 @@ def test_event_grid_secret_goes_in_the_webhook_query() -> None:
     assert webhook_path("/api/incoming-call", None) == "/api/incoming-call"
     assert webhook_path("/hook", "s e/cret") == "/hook?code=s+e%2Fcret"
     assert webhook_path("/hook?x=1", "abc") == "/hook?x=1&code=abc"
+
+
+async def test_warm_up_serves_the_token_keys_before_the_first_call_rings() -> None:
+    """``--warm-up``: a gateway can fetch the stand-in's keys before the burst, as a gateway
+    long in service holds ACS's."""
+    rang: list[bytes] = []
+
+    async def incoming(request: web.Request) -> web.Response:
+        rang.append(await request.read())
+        return web.Response(status=503)  # nobody answers: the call ends at its timeout
+
+    app = web.Application()
+    app.router.add_post("/api/incoming-call", incoming)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    gateway_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", gateway_port).start()
+    port = free_port()
+    args = _parse(
+        [
+            "simulate",
+            "--gateway",
+            f"http://127.0.0.1:{gateway_port}",
+            "--port",
+            str(port),
+            "--answer-timeout",
+            "0.2",
+            "--warm-up",
+            "2",
+        ]
+    )
+    try:
+        run = asyncio.create_task(simulate(args, io.StringIO(), io.StringIO()))
+        async with aiohttp.ClientSession() as http:
+            while True:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/calling/keys") as response:
+                        keys = await response.json()
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.02)
+            assert keys["keys"] and not rang  # the keys are up, and no call has rung yet
+        await run
+    finally:
+        await runner.cleanup()
+    assert rang  # then the call rang

@@ -20,6 +20,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any
 
 import ray
@@ -105,16 +106,26 @@ class WarmPool:
     # -- taking a call ---------------------------------------------------------------------
 
     async def activate(
-        self, call_id: str, incoming: dict[str, Any] | None = None
+        self,
+        call_id: str,
+        incoming: dict[str, Any] | None = None,
+        *,
+        alongside: Awaitable[object] | None = None,
     ) -> tuple[Any, Endpoint]:
         """The call's actor (a spare bound to it, or a cold one) once its stream endpoint is up.
+        ``alongside``: what the actor must find done when it is called (the caller's own Redis
+        writes), run while its owner is looked up rather than before.
 
         Raises CallEnded for a call that is over."""
         started = time.perf_counter()
         self._setting_up += 1
         try:
             # A call this replica has just answered has no owner yet: skip asking for one.
-            owner = await self.owner_of(call_id, fresh=incoming is not None)
+            owner_of = self.owner_of(call_id, fresh=incoming is not None)
+            if alongside is None:
+                owner = await owner_of
+            else:  # in a burst, each sequential round trip waits behind the whole loop
+                owner, _ = await asyncio.gather(owner_of, alongside)
             if owner == call_id:  # no pool for this call: an actor named by the call id
                 handle = await asyncio.to_thread(create_call_actor, call_id, self._config)
             else:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import ray
@@ -56,13 +56,20 @@ class AffinityRouter:
         self._settled = asyncio.Event()  # no call is being set up
         self._settled.set()
 
-    async def activate(self, call_id: str, incoming: dict[str, Any] | None = None) -> Endpoint:
-        """Get or create the call's actor and wait until its stream endpoint is registered.
+    async def activate(
+        self,
+        call_id: str,
+        incoming: dict[str, Any] | None = None,
+        *,
+        alongside: Awaitable[object] | None = None,
+    ) -> Endpoint:
+        """Get or create the call's actor and wait until its stream endpoint is registered;
+        ``alongside`` runs while the actor is looked up and is done before it is called.
 
         Raises CallEnded if the call is already over (the actor refuses to come back).
         """
         try:
-            handle, endpoint = await self.pool.activate(call_id, incoming)
+            handle, endpoint = await self.pool.activate(call_id, incoming, alongside=alongside)
         except CallEnded:
             self.forget(call_id)
             raise

@@ -259,23 +259,37 @@ async def _answer_admitted(gw: Gateway, call: IncomingCall, received: float) -> 
     incoming = call.to_dict() | {"call_id": call_id, "answered_by": gw.replica_id}
     async with gw.router.answering(call_id):  # its events and sockets wait for what follows
         try:
-            # Before anything else: the call's URLs open nothing until they are bound to it.
-            await gw.bindings.bind(call_id, plan.nonce, call.correlation_id)
-        except StorageError as exc:
-            log.warning("call binding kept on this replica only: %s", type(exc).__name__)
-        try:
             async with asyncio.timeout(gw.activation_timeout_s):
-                try:
-                    await gw.redis.store_call_session(call_id, incoming)
-                except StorageError as exc:  # the actor gets the call's fields all the same
-                    log.warning("storing the call session failed: %s", type(exc).__name__)
-                await gw.router.activate(call_id, incoming)
+                records = _record_call(gw, call_id, plan.nonce, call.correlation_id, incoming)
+                await gw.router.activate(call_id, incoming, alongside=records)
             gw.metrics.call_set_up(call_id, time.perf_counter() - received)
         except TimeoutError:
             await _drop(gw, call_id, "activation_timeout")
         except Exception as exc:  # Ray errors, CallEnded, anything: the caller must not wait
             log.error("activating call actor failed: %s", type(exc).__name__)
             await _drop(gw, call_id, "activation_failed")
+
+
+async def _record_call(
+    gw: Gateway, call_id: str, nonce: str, correlation_id: str, incoming: dict[str, Any]
+) -> None:
+    """The answered call's records, written while its actor is looked up and before it is
+    called: the URL binding (the call's URLs open nothing until it is there) and the session.
+    Redis down: the binding stays on this replica and the actor gets the fields all the same."""
+
+    async def bind() -> None:
+        try:
+            await gw.bindings.bind(call_id, nonce, correlation_id)
+        except StorageError as exc:
+            log.warning("call binding kept on this replica only: %s", type(exc).__name__)
+
+    async def store_session() -> None:
+        try:
+            await gw.redis.store_call_session(call_id, incoming)
+        except StorageError as exc:
+            log.warning("storing the call session failed: %s", type(exc).__name__)
+
+    await asyncio.gather(bind(), store_session())
 
 
 async def _drop(gw: Gateway, call_id: str, reason: str) -> None:

@@ -44,7 +44,9 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 class NoRayPool:
     """Stands in for the warm pool: these tests cover the Redis paths, never Ray."""
 
-    async def activate(self, call_id: str, incoming: Any = None) -> tuple[Any, Endpoint]:
+    async def activate(
+        self, call_id: str, incoming: Any = None, *, alongside: Any = None
+    ) -> tuple[Any, Endpoint]:
         pytest.fail("resolve() went to Ray: these tests cover the Redis paths only")
 
     async def handle(self, call_id: str) -> Any:
@@ -200,7 +202,9 @@ async def test_refresh_never_returns_the_endpoint_it_already_had(
 
     activated: list[str] = []
 
-    async def activate(cid: str, incoming: Any = None) -> tuple[Any, Endpoint]:
+    async def activate(
+        cid: str, incoming: Any = None, *, alongside: Any = None
+    ) -> tuple[Any, Endpoint]:
         activated.append(cid)
         return object(), Endpoint("10.0.0.8", 41_002, "t2", 2)
 

@@ -288,6 +288,33 @@ async def test_consecutive_calls_never_share_a_process(
     assert pids[0] != pids[1]
 
 
+async def test_what_runs_alongside_overlaps_the_owner_look_up_and_precedes_the_bind(
+    pool: WarmPool, redis_mgr: AsyncAzureRedisManager, config: CallActorConfig
+) -> None:
+    """The gateway's Redis writes for an answered call run while its spare is claimed, one
+    round trip of waiting instead of three, and are done before the spare is called."""
+    await warm_up(pool, redis_mgr, 2)
+    call_id = f"call-{uuid.uuid4().hex[:10]}"
+    seen: dict[str, str | None] = {}
+
+    async def alongside() -> None:
+        owner = None
+        for _ in range(200):  # the claim lands while this still runs
+            if (owner := await redis_mgr.call_actor(call_id)) is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert owner is not None
+        spare = await asyncio.to_thread(ray.get_actor, owner, namespace=config.namespace)
+        seen["owner"] = owner
+        seen["bound_then"] = await spare.bound_call.remote()  # not called yet
+
+    handle, _ = await pool.activate(call_id, {"caller_id": "+14255550104"}, alongside=alongside())
+    assert seen["bound_then"] == ""
+    assert await handle.bound_call.remote() == call_id
+    assert await redis_mgr.call_actor(call_id) == seen["owner"]
+    await handle.shutdown.remote("test")
+
+
 async def _gone(call_id: str, namespace: str) -> bool:
     return await asyncio.to_thread(get_call_actor, call_id, namespace) is None
 

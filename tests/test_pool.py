@@ -299,7 +299,7 @@ async def test_what_runs_alongside_overlaps_the_owner_look_up_and_precedes_the_b
 
     async def alongside() -> None:
         owner = None
-        for _ in range(200):  # the claim lands while this still runs
+        for _ in range(500):  # the claim lands while this still runs
             if (owner := await redis_mgr.call_actor(call_id)) is not None:
                 break
             await asyncio.sleep(0.01)

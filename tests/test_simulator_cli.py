@@ -150,7 +150,7 @@ async def test_warm_up_serves_the_token_keys_before_the_first_call_rings() -> No
             "--answer-timeout",
             "0.2",
             "--warm-up",
-            "2",
+            "3",
         ]
     )
     try:

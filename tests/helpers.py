@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from actors.pool import WarmPool
 from actors.stream_server import ServerConnection, StreamServer
 from simulator.service import AcsStandIn
@@ -52,6 +54,20 @@ async def spares_ready(pool: WarmPool, n: int, timeout: float = 60.0) -> None:
         return await pool.spare_count() >= n
 
     await eventually(enough, timeout)
+
+
+@contextlib.asynccontextmanager
+async def http_server(app: web.Application) -> AsyncIterator[str]:
+    """``app`` served on a free loopback port for the block; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 class Recorder:

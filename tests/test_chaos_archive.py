@@ -232,8 +232,6 @@ async def test_cosmos_stopped_the_pool_still_fills_and_binds_calls(
         await pool.retire_all()
 
 
-
-
 async def _queued(redis_mgr: AsyncAzureRedisManager, call_id: str) -> bool:
     summary = await redis_mgr.get_call_summary(call_id)
     return summary is not None and summary["archived_to"] == "outbox"

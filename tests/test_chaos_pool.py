@@ -137,8 +137,6 @@ async def test_racing_replicas_on_a_slow_redis_bind_one_actor_per_call(
         await a.retire_all()
 
 
-
-
 async def _stall_every_other_period(proxy: TcpProxy) -> None:
     while True:
         await asyncio.sleep(STALL_S)

@@ -27,6 +27,7 @@ from simulator.jwt_issuer import ACS_ISSUER
 from simulator.report import CallReport
 from simulator.scenario import ScenarioReport
 from tests.fake_gateway import FakeGateway
+from tests.helpers import http_server
 
 
 @dataclass
@@ -135,16 +136,19 @@ async def test_warm_up_serves_the_token_keys_before_the_first_call_rings() -> No
 
     app = web.Application()
     app.router.add_post("/api/incoming-call", incoming)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    gateway_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", gateway_port).start()
     port = free_port()
+    async with http_server(app) as gateway_url:
+        await _run_with_warm_up(gateway_url, port, rang)
+    assert rang  # then the call rang
+
+
+async def _run_with_warm_up(gateway_url: str, port: int, rang: list[bytes]) -> None:
+    """The stand-in on ``port`` with a 3 s warm-up: its keys are served before a call rings."""
     args = _parse(
         [
             "simulate",
             "--gateway",
-            f"http://127.0.0.1:{gateway_port}",
+            gateway_url,
             "--port",
             str(port),
             "--answer-timeout",
@@ -153,18 +157,14 @@ async def test_warm_up_serves_the_token_keys_before_the_first_call_rings() -> No
             "3",
         ]
     )
-    try:
-        run = asyncio.create_task(simulate(args, io.StringIO(), io.StringIO()))
-        async with aiohttp.ClientSession() as http:
-            while True:
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/calling/keys") as response:
-                        keys = await response.json()
-                        break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.02)
-            assert keys["keys"] and not rang  # the keys are up, and no call has rung yet
-        await run
-    finally:
-        await runner.cleanup()
-    assert rang  # then the call rang
+    run = asyncio.create_task(simulate(args, io.StringIO(), io.StringIO()))
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/calling/keys") as response:
+                    keys = await response.json()
+                    break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.02)
+        assert keys["keys"] and not rang  # the keys are up, and no call has rung yet
+    await run

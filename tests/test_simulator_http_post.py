@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
 
+from simulator.devstack.local_redis import free_port
 from simulator.http_post import Poster, PostFailed
+from tests.helpers import http_server
 
 
 @pytest.fixture
@@ -19,13 +20,8 @@ async def echo_url() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/echo", echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}/echo"
-    await runner.cleanup()
+    async with http_server(app) as url:
+        yield f"{url}/echo"
 
 
 async def test_a_post_returns_the_status_and_body(echo_url: str) -> None:
@@ -38,9 +34,7 @@ async def test_a_post_returns_the_status_and_body(echo_url: str) -> None:
 
 
 async def test_an_unreachable_gateway_fails_with_the_error_type_only() -> None:
-    with socket.socket() as sock:  # a port that was free a moment ago: nobody listens on it
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # free a moment ago: nobody listens on it
     poster = Poster(timeout_s=5.0)
     try:
         with pytest.raises(PostFailed) as failed:

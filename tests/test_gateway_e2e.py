@@ -473,7 +473,9 @@ async def test_actor_killed_mid_call_restarts_and_the_call_goes_on(harness: Harn
         "this is said while the actor restarts",
         "and this after it is back",
     ]
-    script = pausing_caller("+14255550190", 9, lines, pause_s=1.0, tail_s=1.0)
+    # 3 s to hear the last reply: on a loaded machine the restart (a new process, the call
+    # reloaded) can outlast a shorter tail, and a caller gone before the reply hears none.
+    script = pausing_caller("+14255550190", 9, lines, pause_s=1.0, tail_s=3.0)
     before_reconnects = reconnect_count(harness.replica)
     placed = asyncio.create_task(harness.run([script]))
     call_id = await harness.live_call(script)

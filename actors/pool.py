@@ -9,7 +9,8 @@ same actor. The epoch fence of the affinity record still refuses a stale owner's
 Without a spare, or without Redis, the call gets an actor named by its call id as before (Ray's
 named-actor registry decides then). Each actor serves one call and exits after it; the keeper
 refills the pool under a Redis lease, so one replica refills at a time, and holds its spare
-starts (up to ``refill_hold_s``) while calls are being set up on its replica.
+starts (up to ``refill_hold_s``) while calls are being set up on its replica. While calls come
+and a spare is still queued, it starts one at a time; all it lacks at once when the queue is dry.
 """
 
 from __future__ import annotations
@@ -264,12 +265,20 @@ class WarmPool:
             await self._retire_newest()
         if missing > 0 and self._holds_starts():
             return 0
+        if self._calls_coming() and self.spares_seen > 0:
+            # The next call has its spare: start one at a time, so the processes starting do
+            # not take both cores from the calls being set up and talking meanwhile.
+            missing = min(missing, 1 - self._starting)
         for _ in range(max(0, missing)):
             self._starting += 1
             task = asyncio.get_running_loop().create_task(self._start_spare())
             self._starts.add(task)
             task.add_done_callback(self._starts.discard)
         return max(0, missing)
+
+    def _calls_coming(self) -> bool:
+        """A spare was taken here within the demand window: calls are live or arriving."""
+        return bool(self._taken) and time.monotonic() - self._taken[-1] <= self.demand_window_s
 
     def _holds_starts(self) -> bool:
         """True while calls are being set up on this replica, for at most ``refill_hold_s`` in

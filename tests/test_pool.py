@@ -129,6 +129,34 @@ async def test_spare_starts_wait_while_calls_are_set_up_but_not_for_long(
         await pool.retire_all()
 
 
+async def test_spares_start_one_at_a_time_while_calls_come_and_one_is_queued(
+    redis_mgr: AsyncAzureRedisManager, config: CallActorConfig
+) -> None:
+    # Two or three processes starting at once took both cores: a call answered meanwhile
+    # waited about 100 ms for its bind (the demo's third call, two runs of three).
+    pool = WarmPool(redis_mgr, config, owner="gw-gentle", min_spares=4, max_spares=4)
+    release = asyncio.Event()
+
+    async def start() -> None:  # stands in for a spare's process start
+        try:
+            await release.wait()
+        finally:
+            pool._starting -= 1
+
+    pool._start_spare = start  # type: ignore[method-assign]
+    await redis_mgr.add_spare(pool.name, "spare-queued")
+    pool._taken.append(time.monotonic())  # a call took a spare just now
+    try:
+        assert await pool.refill_once() == 1  # three missing, one started
+        assert await pool.refill_once() == 0  # the next waits for it
+        await redis_mgr.pop_spare(pool.name)  # the queue is dry: the next call would be cold
+        assert await pool.refill_once() == 3  # everything missing starts
+    finally:
+        release.set()
+        await eventually(lambda: pool._starting == 0)
+        await redis_mgr.pop_spare(pool.name)
+
+
 class _LiveMethod:
     """Stands in for ``handle.live``: records the names of the tasks started."""
 

@@ -10,7 +10,7 @@ Without a spare, or without Redis, the call gets an actor named by its call id a
 named-actor registry decides then). Each actor serves one call and exits after it; the keeper
 refills the pool under a Redis lease, so one replica refills at a time, and holds its spare
 starts (up to ``refill_hold_s``) while calls are being set up on its replica. While calls come
-and a spare is still queued, it starts one at a time; all it lacks at once when the queue is dry.
+and the queue outlasts a spare's start, it starts one at a time; else all it lacks at once.
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ DEMAND_WINDOW_S = 30.0
 # Spare starts wait at most this long for the calls being set up: starting a spare's process
 # costs about a second of CPU, which those set-ups would otherwise queue behind.
 REFILL_HOLD_S = 2.0
+# While the queue outlasts a spare's start at the arrival rate of the last RATE_WINDOW_S, spares
+# start one at a time. SPARE_START_S: a start, asked to queued, is 0.6-0.9 s on an idle node and
+# about 2 s on a busy one.
+RATE_WINDOW_S = 5.0
+SPARE_START_S = 2.0
 LIVE_TASK_PREFIX = "call:"
 # The live tasks of calls bound in a burst start once the burst's set-ups are done, or after
 # this long: each is a Ray call (about 1 ms of CPU in the gateway and the actor together) that
@@ -265,9 +270,9 @@ class WarmPool:
             await self._retire_newest()
         if missing > 0 and self._holds_starts():
             return 0
-        if self._calls_coming() and self.spares_seen > 0:
-            # The next call has its spare: start one at a time, so the processes starting do
-            # not take both cores from the calls being set up and talking meanwhile.
+        if self._queue_outlasts_a_start():
+            # No call will miss a spare meanwhile: start one at a time, so the processes
+            # starting do not take the node's cores from the calls being set up and talking.
             missing = min(missing, 1 - self._starting)
         for _ in range(max(0, missing)):
             self._starting += 1
@@ -276,9 +281,14 @@ class WarmPool:
             task.add_done_callback(self._starts.discard)
         return max(0, missing)
 
-    def _calls_coming(self) -> bool:
-        """A spare was taken here within the demand window: calls are live or arriving."""
-        return bool(self._taken) and time.monotonic() - self._taken[-1] <= self.demand_window_s
+    def _queue_outlasts_a_start(self) -> bool:
+        """Calls are live or arriving (a spare was taken here within the demand window), and
+        the queued spares last longer than a spare takes to start, at the recent arrival rate."""
+        now = time.monotonic()
+        if not self._taken or now - self._taken[-1] > self.demand_window_s:
+            return False
+        recent = sum(1 for t in self._taken if now - t <= RATE_WINDOW_S)
+        return self.spares_seen >= max(1, math.ceil(recent / RATE_WINDOW_S * SPARE_START_S))
 
     def _holds_starts(self) -> bool:
         """True while calls are being set up on this replica, for at most ``refill_hold_s`` in

@@ -254,9 +254,13 @@ class WarmPool:
         return await self._redis.spare_count(self.name)
 
     def target(self) -> int:
-        now = time.monotonic()
-        recent = sum(1 for t in self._taken if now - t <= self.demand_window_s)
+        recent = self._taken_within(self.demand_window_s)
         return pool_target(self.min_spares, self.max_spares, recent)
+
+    def _taken_within(self, seconds: float) -> int:
+        """Spares taken on this replica in the last ``seconds``."""
+        now = time.monotonic()
+        return sum(1 for t in self._taken if now - t <= seconds)
 
     async def refill_once(self) -> int:
         """Start the spares the pool lacks, if this replica holds the keeper lease; returns how
@@ -284,10 +288,9 @@ class WarmPool:
     def _queue_outlasts_a_start(self) -> bool:
         """Calls are live or arriving (a spare was taken here within the demand window), and
         the queued spares last longer than a spare takes to start, at the recent arrival rate."""
-        now = time.monotonic()
-        if not self._taken or now - self._taken[-1] > self.demand_window_s:
+        if not self._taken_within(self.demand_window_s):
             return False
-        recent = sum(1 for t in self._taken if now - t <= RATE_WINDOW_S)
+        recent = self._taken_within(RATE_WINDOW_S)
         return self.spares_seen >= max(1, math.ceil(recent / RATE_WINDOW_S * SPARE_START_S))
 
     def _holds_starts(self) -> bool:

@@ -1,13 +1,14 @@
 # rtvoice: the two front-door commands are `make demo` and `make test`.
 # Both bootstrap a fresh Debian machine (Python 3.11, Node.js, root): virtualenv, the
-# package with its dev extras, Debian's redis-server, and the Cosmos emulator's Node packages.
+# package with its dev extras, Debian's redis-server, and (for the tests) the Cosmos emulator's
+# Node packages and promtool.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 EMULATOR_DIR := tests/cosmos_emulator
 
-.PHONY: test test-fast demo bench install lint typecheck pytest system-deps clean
+.PHONY: test test-fast demo bench install lint typecheck pytest system-deps test-tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,15 @@ system-deps:
 	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server could not be installed" >&2; exit 1; }
 
+# promtool, which checks gateway/deploy/prometheus-rules.yaml in the tests: Debian's package
+# prometheus (its service is not started), only if missing.
+test-tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing promtool (Debian package prometheus)"; \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends prometheus >/dev/null; }
+	@command -v promtool >/dev/null 2>&1 || { echo "promtool could not be installed" >&2; exit 1; }
+
 $(EMULATOR_DIR)/node_modules/.installed: $(EMULATOR_DIR)/package.json $(EMULATOR_DIR)/package-lock.json
 	cd $(EMULATOR_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
@@ -36,14 +46,14 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install system-deps $(EMULATOR_DIR)/node_modules/.installed
+pytest: install system-deps test-tools $(EMULATOR_DIR)/node_modules/.installed
 	$(BIN)/pytest
 
 test: lint typecheck pytest
 
 # The inner loop: everything but the tests marked `slow` (local Ray, whole simulated calls,
 # Cosmos restarts); `make test` still runs them all.
-test-fast: install system-deps $(EMULATOR_DIR)/node_modules/.installed
+test-fast: install system-deps test-tools $(EMULATOR_DIR)/node_modules/.installed
 	$(BIN)/pytest -m "not slow"
 
 demo: install system-deps

@@ -40,12 +40,14 @@ from actors.outbound_audio import Pacer
 from actors.replies import Replies
 from actors.responder import Responder, make_responder
 from actors.speaker import AcsPlaySpeaker, PcmSpeaker, Speaker
+from actors.stream_protocol import HandshakeRefused
 from actors.stream_server import StreamServer
 from storage.affinity import Endpoint
 from storage.archive import ArchiveStore, open_archive
 from storage.archiver import Archiver, process_spool_path
 from storage.conversation import ConversationManager
 from storage.errors import (
+    InvalidKeyError,
     PayloadTooLargeError,
     RedisUnavailableError,
     SerializationError,
@@ -155,10 +157,11 @@ class CallActor:
 
     # -- warm pool ----------------------------------------------------------------------------
 
-    async def prewarm(self) -> None:
+    async def prewarm(self) -> Endpoint:
         """What a spare does before any call: its process is up and its modules imported (Ray
         did that); connect the storage clients, listen for the gateway and look up the node
-        now, so that ``bind`` costs a few Redis round trips and nothing else."""
+        now, so that ``bind`` costs a few Redis round trips and nothing else. Returns where
+        the spare listens (epoch 0): the pool binds it there (``bind_spare``)."""
         redis, archive = self._connect_storage()
         # The reads activation makes, run once on a call id no call has: the client then holds
         # the two connections activation uses at once, and its first-use costs are paid here
@@ -176,9 +179,10 @@ class CallActor:
             await asyncio.wait_for(archive.get_profile(PREWARM_PROBE_ID), ARCHIVE_WARM_S)
         except (StorageError, TimeoutError) as exc:
             log.warning("spare could not reach the archive: %s", type(exc).__name__)
-        await self._listen()
+        host, port = await self._listen()
         self._node_id = self._node_id or self._ray_node_id()
         _freeze_what_the_process_holds()  # and what prewarm made
+        return Endpoint(host, port, self._token, 0)
 
     async def bind(self, call_id: str, incoming: dict[str, Any] | None = None) -> Endpoint:
         """Make this spare the actor of ``call_id`` and activate it; idempotent for that call
@@ -190,6 +194,18 @@ class CallActor:
         elif self.call_id != call_id:
             raise SpareTaken(self.call_id)
         return await self.activate(incoming)
+
+    async def _bind_from_stream(self, call_id: str, incoming: dict[str, Any]) -> int:
+        """``bind`` for a bind frame on the stream endpoint (StreamServer's binder): the epoch,
+        or HandshakeRefused with the code the gateway gets back."""
+        try:
+            return (await self.bind(call_id, incoming)).epoch
+        except CallEnded:
+            raise HandshakeRefused("call_ended") from None
+        except SpareTaken:
+            raise HandshakeRefused("spare_taken") from None
+        except InvalidKeyError:  # not a valid call id
+            raise HandshakeRefused("bad_call") from None
 
     async def bound_call(self) -> str:
         """The call this process serves ("" while it is a spare)."""
@@ -336,6 +352,7 @@ class CallActor:
                 host=cfg.stream_host,
                 max_frame_bytes=cfg.max_frame_bytes,
                 handshake_timeout_s=cfg.handshake_timeout_s,
+                binder=self._bind_from_stream,
             )
             port = await self._server.start()
             host = cfg.advertise_host or cfg.stream_host

@@ -30,8 +30,11 @@ from cachetools import LRUCache
 from actors.activation import create_call_actor, create_spare, forget_actor
 from actors.call_state import CallEnded
 from actors.config import CallActorConfig
+from actors.stream_client import bind_spare
+from actors.stream_protocol import HandshakeRefused, ProtocolViolation
 from storage.affinity import Endpoint
 from storage.errors import RedisTimeoutError, StorageError
+from storage.pool_store import SpareClaim
 from storage.redis_manager import AsyncAzureRedisManager
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,9 @@ LIVE_TASK_PREFIX = "call:"
 # this long: each is a Ray call (about 1 ms of CPU in the gateway and the actor together) that
 # the calls still waiting for their actor would otherwise queue behind.
 LIVE_HOLD_S = 0.5
+# A spare is bound over its stream endpoint (a Ray actor call costs the gateway and the actor
+# about 3.5 ms of CPU; the spare's activation itself 0.4 ms); past this, or refused, through Ray.
+STREAM_BIND_TIMEOUT_S = 5.0
 
 
 def live_task_name(call_id: str) -> str:
@@ -103,6 +109,9 @@ class WarmPool:
         self._owners: dict[str, asyncio.Future[str]] = {}
         # Handles of the spares this replica started or took: no GCS lookup on the hot path.
         self._known: LRUCache[str, Any] = LRUCache(maxsize=4096)
+        # Where the spares this replica claimed listen, until they are bound.
+        self._addresses: LRUCache[str, Endpoint] = LRUCache(maxsize=4096)
+        self.stream_binds = 0  # spares bound over their stream endpoint (the rest through Ray)
         self.bind_seconds: deque[float] = deque(maxlen=1000)  # spare taken -> endpoint up
         self._live_pending: list[tuple[Any, str]] = []  # (handle, call id): live tasks held
         self._live_timer: asyncio.TimerHandle | None = None
@@ -137,9 +146,7 @@ class WarmPool:
             else:
                 handle = await self._actor(owner)
             try:
-                endpoint: Endpoint = await asyncio.wait_for(
-                    handle.bind.remote(call_id, incoming), self._timeout_s
-                )
+                endpoint = await self._bind(handle, owner, call_id, incoming)
             except CallEnded:
                 await asyncio.to_thread(forget_actor, handle)
                 raise
@@ -150,6 +157,36 @@ class WarmPool:
             self._setting_up -= 1
             self._start_live_tasks()
         return handle, endpoint
+
+    async def _bind(
+        self, handle: Any, owner: str, call_id: str, incoming: dict[str, Any] | None
+    ) -> Endpoint:
+        """Bind the call's actor: over the spare's stream endpoint when this replica claimed it
+        with its address, else (or when that fails) through Ray. Both are idempotent per call."""
+        address = self._addresses.pop(owner, None)
+        if address is not None:
+            try:
+                epoch = await bind_spare(
+                    address.host,
+                    address.port,
+                    address.token,
+                    call_id,
+                    incoming or {},
+                    timeout=STREAM_BIND_TIMEOUT_S,
+                )
+            except HandshakeRefused as exc:
+                if exc.code == "call_ended":
+                    raise CallEnded(call_id) from None
+                log.warning("spare refused its bind, binding through Ray: %s", exc.code)
+            except (OSError, TimeoutError, ProtocolViolation) as exc:
+                log.warning("spare unreachable, binding through Ray: %s", type(exc).__name__)
+            else:
+                self.stream_binds += 1
+                return Endpoint(address.host, address.port, address.token, epoch)
+        endpoint: Endpoint = await asyncio.wait_for(
+            handle.bind.remote(call_id, incoming), self._timeout_s
+        )
+        return endpoint
 
     def _start_live_tasks(self) -> None:
         """Start the held live tasks once no set-up is in flight here, or ``LIVE_HOLD_S`` after
@@ -220,7 +257,11 @@ class WarmPool:
                 if owner is None:
                     claimed = True
                     spare = await self._take_spare(call_id)
-                    owner = await self._redis.bind_call_actor(call_id, spare or call_id)
+                    owner = await self._redis.bind_call_actor(
+                        call_id, spare.name if spare else call_id
+                    )
+                    if spare is not None and spare.address is not None and owner == spare.name:
+                        self._addresses[owner] = spare.address
                 if claimed:  # a spare claimed for the call but not its owner goes back
                     await self._redis.settle_spare_claim(self.name, call_id, owner)
             except StorageError as exc:
@@ -232,20 +273,20 @@ class WarmPool:
                 self.cold_starts += 1
             return owner
 
-    async def _take_spare(self, call_id: str) -> str | None:
+    async def _take_spare(self, call_id: str) -> SpareClaim | None:
         """The spare claimed for the call: the same one again on a retry or on another replica
         answering it, so a lost reply leaks no spare."""
         for _ in range(MAX_TAKE_ATTEMPTS):
-            name = await self._redis.claim_spare(self.name, call_id)
-            if name is None:
+            spare = await self._redis.claim_spare(self.name, call_id)
+            if spare is None:
                 return None
             try:
-                await self._actor(name)
+                await self._actor(spare.name)
             except ValueError:  # died while waiting: its claim ends, the keeper replaces it
-                await self._redis.settle_spare_claim(self.name, call_id, name)
+                await self._redis.settle_spare_claim(self.name, call_id, spare.name)
                 continue
             self._taken.append(time.monotonic())
-            return name
+            return spare
         return None
 
     # -- keeping the pool full ----------------------------------------------------------------
@@ -312,9 +353,9 @@ class WarmPool:
         try:
             async with self._start_slots:
                 name, handle = await asyncio.to_thread(create_spare, self._config)
-                await asyncio.wait_for(handle.prewarm.remote(), self._timeout_s)
+                address: Endpoint = await asyncio.wait_for(handle.prewarm.remote(), self._timeout_s)
                 self._known[name] = handle
-                await self._redis.add_spare(self.name, name)
+                await self._redis.add_spare(self.name, name, address)
                 handle = None  # queued: the pool owns it now
         except Exception as exc:  # the next pass tries again
             log.warning("starting a spare call actor failed: %s", type(exc).__name__)

@@ -1,6 +1,7 @@
 """The gateway's end of the stream protocol: ``open_stream`` connects to a call actor's endpoint
 and completes the handshake; the ``StreamConnection`` it returns forwards ACS messages and hands
-the actor's outbound frames on from the read callback (``on_acs``) or to ``recv``."""
+the actor's outbound frames on from the read callback (``on_acs``) or to ``recv``.
+``bind_spare`` hands a warm-pool spare its call over one short connection."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import contextlib
 import socket
 from collections import deque
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from actors.stream_link import FlowControlledLink
 from actors.stream_protocol import (
@@ -22,6 +23,7 @@ from actors.stream_protocol import (
     FrameParser,
     HandshakeRefused,
     ProtocolViolation,
+    encode_bind,
     encode_frame,
     encode_hello,
 )
@@ -183,6 +185,40 @@ async def open_stream(
     """
     if stream not in STREAMS:
         raise ValueError(f"stream must be one of {sorted(STREAMS)}")
+    link, answer = await _exchange(
+        host, port, encode_hello(token, call_id, stream), "ready", timeout, max_frame_bytes
+    )
+    epoch = answer.get("epoch")
+    return StreamConnection(link, epoch=epoch if isinstance(epoch, int) else 0)
+
+
+async def bind_spare(
+    host: str,
+    port: int,
+    token: str,
+    call_id: str,
+    incoming: dict[str, Any],
+    *,
+    timeout: float = 5.0,
+) -> int:
+    """Bind the spare listening at ``host:port`` to ``call_id``; returns the call's epoch once
+    the actor holds the call. Raises as ``open_stream`` (HandshakeRefused "call_ended": the
+    call is over)."""
+    link, answer = await _exchange(
+        host, port, encode_bind(token, call_id, incoming), "bound", timeout, MAX_FRAME_BYTES
+    )
+    assert link.transport is not None
+    link.transport.close()
+    epoch = answer.get("epoch")
+    if not isinstance(epoch, int):
+        raise HandshakeRefused("bad_reply")
+    return epoch
+
+
+async def _exchange(
+    host: str, port: int, first: bytes, expect: str, timeout: float, max_frame_bytes: int
+) -> tuple[_ActorLink, dict[str, Any]]:
+    """Connect, send the first frame and read the actor's answer, which must be ``expect``."""
     loop = asyncio.get_running_loop()
     transport, link = await asyncio.wait_for(
         loop.create_connection(lambda: _ActorLink(max_frame_bytes), host, port), timeout
@@ -192,15 +228,14 @@ async def open_stream(
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
-        transport.write(encode_hello(token, call_id, stream))
+        transport.write(first)
         frame = await asyncio.wait_for(link.next_frame(), timeout)
         if frame is None:
             raise HandshakeRefused("closed")
         answer = frame.control()
-        if answer.get("op") != "ready":
+        if answer.get("op") != expect:
             raise HandshakeRefused(str(answer.get("code", "refused")))
-        epoch = answer.get("epoch")
-        return StreamConnection(link, epoch=epoch if isinstance(epoch, int) else 0)
+        return link, answer
     except BaseException:
         transport.close()
         raise

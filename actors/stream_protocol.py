@@ -1,6 +1,6 @@
 """The gateway <-> call actor stream protocol: framing (4-byte big-endian length, 1 type byte,
-payload) and the token handshake's messages. Pure: the actor's end is actors/stream_server.py,
-the gateway's actors/stream_client.py.
+payload), the token handshake's messages, and the bind a warm-pool spare takes its call with.
+Pure: the actor's end is actors/stream_server.py, the gateway's actors/stream_client.py.
 
 ACS payloads pass through as bytes, never parsed or logged (they carry caller audio and speech);
 a framing violation closes only the offending connection, the call and its other connections go
@@ -85,6 +85,15 @@ class Hello:
     call_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class BindRequest:
+    """A spare's first and only frame on a bind connection: take this call (actors/pool.py)."""
+
+    token: str
+    call_id: str
+    incoming: dict[str, Any]
+
+
 def encode_frame(kind: FrameKind | int, payload: bytes) -> bytes:
     return HEADER.pack(len(payload) + 1) + bytes((int(kind),)) + payload
 
@@ -95,6 +104,18 @@ def encode_control(message: dict[str, Any]) -> bytes:
 
 def encode_hello(token: str, call_id: str, stream: str) -> bytes:
     return encode_control({"op": "hello", "token": token, "stream": stream, "call_id": call_id})
+
+
+def encode_bind(token: str, call_id: str, incoming: dict[str, Any]) -> bytes:
+    return encode_control({"op": "bind", "token": token, "call_id": call_id, "incoming": incoming})
+
+
+def parse_bind(doc: dict[str, Any]) -> BindRequest:
+    """A bind request's fields (the frame's ``op`` is "bind"), or BadFrame."""
+    token, call_id, incoming = doc.get("token"), doc.get("call_id"), doc.get("incoming")
+    if not isinstance(token, str) or not isinstance(call_id, str) or not isinstance(incoming, dict):
+        raise BadFrame("malformed bind")
+    return BindRequest(token=token, call_id=call_id, incoming=incoming)
 
 
 def parse_hello(frame: Frame) -> Hello:

@@ -1,14 +1,17 @@
 """The call actor's end of the stream protocol: a TCP endpoint, the token handshake, and frames
 handed to the call's StreamHandler from the connection's read callback (no task woken per
-frame)."""
+frame). A warm-pool spare also takes its call here (a ``bind`` as a connection's first frame),
+which costs the gateway and the actor a fraction of a Ray actor call."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hmac
+import logging
 import socket
-from typing import Protocol, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, cast
 
 from actors.stream_link import FlowControlledLink
 from actors.stream_protocol import (
@@ -16,14 +19,23 @@ from actors.stream_protocol import (
     MAX_FRAME_BYTES,
     SOCKET_BUFFER_BYTES,
     BadFrame,
+    BindRequest,
     Frame,
     FrameKind,
     FrameParser,
+    HandshakeRefused,
     ProtocolViolation,
     encode_control,
     encode_frame,
+    parse_bind,
     parse_hello,
 )
+
+log = logging.getLogger(__name__)
+
+# Binds the spare to a call (call id, the answer's fields) and returns the call's epoch; raises
+# HandshakeRefused with the code the gateway gets back.
+Binder = Callable[[str, dict[str, Any]], Awaitable[int]]
 
 
 class ServerConnection:
@@ -71,6 +83,7 @@ class _ServerLink(FlowControlledLink):
         self._parser = FrameParser(server.max_frame_bytes)
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
         self.conn: ServerConnection | None = None  # set once the hello is accepted
+        self._binding: asyncio.Task[None] | None = None  # a bind connection carries nothing else
         self._timer = asyncio.get_running_loop().call_later(
             server.handshake_timeout_s, self._refuse, "handshake_timeout"
         )
@@ -89,15 +102,22 @@ class _ServerLink(FlowControlledLink):
         for frame in frames:
             if self.transport.is_closing():
                 return
+            if self._binding is not None:
+                return
             if self.conn is None:
-                self._hello(frame)
+                self._first(frame)
             elif frame.kind is FrameKind.ACS:
                 handler.on_message(self.conn, frame.payload)
 
-    def _hello(self, frame: Frame) -> None:
+    def _first(self, frame: Frame) -> None:
+        """The connection's first frame: a stream's hello, or a spare's bind."""
         server = self._server
         self._timer.cancel()
         try:
+            doc = frame.control() if frame.kind is FrameKind.CONTROL else {}
+            if doc.get("op") == "bind":
+                self._bind(parse_bind(doc))
+                return
             hello = parse_hello(frame)
         except ProtocolViolation:
             self._refuse("bad_hello")
@@ -112,6 +132,32 @@ class _ServerLink(FlowControlledLink):
             self.transport.write(encode_control({"op": "ready", "epoch": server.handler.epoch}))
             self.conn = ServerConnection(hello.stream, self)
             server.opened(self.conn)
+
+    def _bind(self, request: BindRequest) -> None:
+        server = self._server
+        if server.binder is None:
+            self._refuse("not_spare")
+        elif not hmac.compare_digest(request.token.encode(), server.token.encode()):
+            self._refuse("bad_token")
+        else:
+            self._binding = asyncio.get_running_loop().create_task(self._run_bind(request))
+
+    async def _run_bind(self, request: BindRequest) -> None:
+        """Not cancelled if the gateway goes: its fallback, a bind through Ray, finds the call
+        already taken (binding is idempotent per call)."""
+        assert self._server.binder is not None
+        try:
+            epoch = await self._server.binder(request.call_id, request.incoming)
+        except HandshakeRefused as exc:
+            self._refuse(exc.code)
+            return
+        except Exception as exc:
+            log.warning("binding a spare failed: %s", type(exc).__name__)
+            self._refuse("bind_failed")
+            return
+        if not self.transport.is_closing():
+            self.transport.write(encode_control({"op": "bound", "epoch": epoch}))
+            self.transport.close()
 
     def _violation(self, reason: str) -> None:
         # The stream cannot be resynchronised after a bad length: drop this connection.
@@ -152,8 +198,10 @@ class StreamServer:
         max_frame_bytes: int = MAX_FRAME_BYTES,
         handshake_timeout_s: float = 5.0,
         max_connections: int = MAX_CONNECTIONS,
+        binder: Binder | None = None,
     ) -> None:
         self.handler = handler
+        self.binder = binder  # None: no bind is taken here
         self.call_id = call_id
         self.token = token
         self.host = host

@@ -38,6 +38,7 @@ class Component(StrEnum):
     LEASE = "lease"
     SPARES = "spares"
     CLAIMS = "claims"
+    ADDRESSES = "addresses"
     ACTOR = "actor"
     DRAINING = "draining"
 

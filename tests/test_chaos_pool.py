@@ -19,6 +19,7 @@ from actors.activation import SPARE_PREFIX, forget_actor
 from actors.config import CallActorConfig
 from actors.pool import WarmPool
 from storage.keys import RedisKeyManager
+from storage.pool_store import SpareClaim
 from storage.redis_manager import AsyncAzureRedisManager
 from tests.chaos import TcpProxy
 from tests.helpers import spares_ready
@@ -152,9 +153,10 @@ async def test_a_spare_claim_is_idempotent_per_call_and_settles_once(
     pool = f"pool-{uuid.uuid4().hex[:8]}"
     for name in ("spare-a", "spare-b", "spare-c"):
         await redis_mgr.add_spare(pool, name)
-    assert await redis_mgr.claim_spare(pool, "call-1") == "spare-a"
-    assert await redis_mgr.claim_spare(pool, "call-1") == "spare-a"  # a retry, or the other replica
-    assert await redis_mgr.claim_spare(pool, "call-2") == "spare-b"
+    assert await redis_mgr.claim_spare(pool, "call-1") == SpareClaim("spare-a", None)
+    again = await redis_mgr.claim_spare(pool, "call-1")  # a retry, or the other replica
+    assert again == SpareClaim("spare-a", None)
+    assert await redis_mgr.claim_spare(pool, "call-2") == SpareClaim("spare-b", None)
     assert await redis_mgr.settle_spare_claim(pool, "call-1", "spare-a") is False  # it is the owner
     assert await redis_mgr.settle_spare_claim(pool, "call-2", "call-2") is True  # bound otherwise
     assert await redis_mgr.settle_spare_claim(pool, "call-2", "call-2") is False  # settled once

@@ -9,6 +9,7 @@ import gc
 import hashlib
 import os
 import signal
+import socket
 import time
 import uuid
 from collections import deque
@@ -23,8 +24,12 @@ import redis.asyncio as aioredis
 from actors.activation import SPARE_PREFIX, get_call_actor
 from actors.config import CallActorConfig
 from actors.pool import LIVE_HOLD_S, WarmPool, live_task_name, pool_target
-from actors.stream_client import open_stream
+from actors.stream_client import bind_spare, open_stream
+from actors.stream_protocol import HandshakeRefused
+from storage.affinity import Endpoint
 from storage.conversation_store import CHECKPOINT_LUA
+from storage.keys import Component
+from storage.pool_store import encode_address
 from storage.redis_manager import AsyncAzureRedisManager
 from tests.helpers import eventually, spares_ready
 
@@ -102,13 +107,43 @@ async def test_a_call_binds_a_warm_spare_and_the_pool_refills(
     call_id = f"call-{uuid.uuid4().hex[:10]}"
     handle, endpoint = await pool.activate(call_id, {"caller_id": "+14255550100"})
     assert pool.cold_starts == 0 and await redis_mgr.call_actor(call_id) is not None
+    assert pool.stream_binds == 1  # bound over its stream endpoint, not a Ray call
     info = await handle.info.remote()
     assert info["call_id"] == call_id and info["endpoint"] == endpoint
+    incoming = await handle.__ray_call__.remote(lambda actor: actor.incoming)
+    assert incoming["caller_id"] == "+14255550100"  # the answer's fields came with the bind
+    # A bind again for its call gets the same epoch; a spare serves one call only.
+    where = (endpoint.host, endpoint.port, endpoint.token)
+    assert await bind_spare(*where, call_id, {}) == endpoint.epoch
+    with pytest.raises(HandshakeRefused) as refused:
+        await bind_spare(*where, f"call-{uuid.uuid4().hex[:10]}", {})
+    assert refused.value.code == "spare_taken"
     # Operators and tests find it by call id; its repr names the call.
     found = await asyncio.to_thread(get_call_actor, call_id, config.namespace)
     assert found is not None
     assert await pool.spare_count() == 1
     await warm_up(pool, redis_mgr, 2)  # refilled
+    await handle.shutdown.remote("test")
+
+
+async def test_a_spare_whose_endpoint_cannot_be_reached_is_bound_through_ray(
+    pool: WarmPool, redis_mgr: AsyncAzureRedisManager, redis_url: str
+) -> None:
+    await warm_up(pool, redis_mgr, 2)
+    spare = (await redis_mgr.spare_names(pool.name))[0]
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        dead_port = closed.getsockname()[1]
+    async with aioredis.Redis.from_url(redis_url) as admin:
+        key = redis_mgr.keys.worker_key(pool.name, Component.ADDRESSES)
+        stale = Endpoint("127.0.0.1", dead_port, "stale-token", 0)
+        await admin.hset(key, spare, encode_address(stale))
+    call_id = f"call-{uuid.uuid4().hex[:10]}"
+    handle, endpoint = await pool.activate(call_id, {"caller_id": "+14255550100"})
+    assert pool.stream_binds == 0 and pool.cold_starts == 0
+    assert (await handle.info.remote())["call_id"] == call_id
+    conn = await open_stream(endpoint.host, endpoint.port, endpoint.token, call_id, "media")
+    await conn.close()
     await handle.shutdown.remote("test")
 
 

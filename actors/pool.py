@@ -111,7 +111,8 @@ class WarmPool:
         self._known: LRUCache[str, Any] = LRUCache(maxsize=4096)
         # Where the spares this replica claimed listen, until they are bound.
         self._addresses: LRUCache[str, Endpoint] = LRUCache(maxsize=4096)
-        self.stream_binds = 0  # spares bound over their stream endpoint (the rest through Ray)
+        self.stream_binds = 0  # calls bound over their spare's stream endpoint
+        self.ray_binds = 0  # and through Ray (cold actors, restarts, a spare's endpoint failing)
         self.bind_seconds: deque[float] = deque(maxlen=1000)  # spare taken -> endpoint up
         self._live_pending: list[tuple[Any, str]] = []  # (handle, call id): live tasks held
         self._live_timer: asyncio.TimerHandle | None = None
@@ -186,6 +187,7 @@ class WarmPool:
         endpoint: Endpoint = await asyncio.wait_for(
             handle.bind.remote(call_id, incoming), self._timeout_s
         )
+        self.ray_binds += 1
         return endpoint
 
     def _start_live_tasks(self) -> None:

@@ -56,6 +56,12 @@ class PoolView(Protocol):
     def cold_starts(self) -> int: ...
 
     @property
+    def stream_binds(self) -> int: ...
+
+    @property
+    def ray_binds(self) -> int: ...
+
+    @property
     def bind_seconds(self) -> Collection[float]: ...
 
 
@@ -76,6 +82,15 @@ class PoolStats(Collector):
             "Calls this replica started without a spare (pool empty or Redis down)",
             value=self._pool.cold_starts,
         )
+        binds = GaugeMetricFamily(
+            "rtvoice_gateway_pool_binds",
+            "Calls bound to their actor by this replica, by path: over a spare's stream endpoint,"
+            " or through Ray (a spare whose endpoint failed, a restarted actor)",
+            labels=["path"],
+        )
+        binds.add_metric(["stream"], self._pool.stream_binds)
+        binds.add_metric(["ray"], self._pool.ray_binds)
+        yield binds
         bind = GaugeMetricFamily(
             "rtvoice_gateway_pool_bind_ms",
             "Spare taken to the call's stream endpoint up, recent binds, by quantile",

@@ -397,6 +397,9 @@ async def test_calls_scale_the_cluster_out_and_back_in(
         await eventually(at_max, timeout=60, interval=0.5)
         timings["scaled out to the maximum"] = time.monotonic() - t0
         assert gateway.metric("rtvoice_gateway_pool_cold_starts") == 0  # every call took a spare
+        # and was bound over the spare's stream endpoint, whichever node it is on
+        assert gateway.metric("rtvoice_gateway_pool_binds", path="ray") == 0
+        assert gateway.metric("rtvoice_gateway_pool_binds", path="stream") >= 3
         assert gateway.metric("rtvoice_gateway_calls_rejected_total") == 0
 
         # The operator's view: each call's running task names it, on its actor and node (task

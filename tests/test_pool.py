@@ -107,7 +107,7 @@ async def test_a_call_binds_a_warm_spare_and_the_pool_refills(
     call_id = f"call-{uuid.uuid4().hex[:10]}"
     handle, endpoint = await pool.activate(call_id, {"caller_id": "+14255550100"})
     assert pool.cold_starts == 0 and await redis_mgr.call_actor(call_id) is not None
-    assert pool.stream_binds == 1  # bound over its stream endpoint, not a Ray call
+    assert (pool.stream_binds, pool.ray_binds) == (1, 0)  # over its stream endpoint, not Ray
     info = await handle.info.remote()
     assert info["call_id"] == call_id and info["endpoint"] == endpoint
     incoming = await handle.__ray_call__.remote(lambda actor: actor.incoming)
@@ -140,7 +140,7 @@ async def test_a_spare_whose_endpoint_cannot_be_reached_is_bound_through_ray(
         await admin.hset(key, spare, encode_address(stale))
     call_id = f"call-{uuid.uuid4().hex[:10]}"
     handle, endpoint = await pool.activate(call_id, {"caller_id": "+14255550100"})
-    assert pool.stream_binds == 0 and pool.cold_starts == 0
+    assert (pool.stream_binds, pool.ray_binds, pool.cold_starts) == (0, 1, 0)
     assert (await handle.info.remote())["call_id"] == call_id
     conn = await open_stream(endpoint.host, endpoint.port, endpoint.token, call_id, "media")
     await conn.close()

@@ -28,6 +28,8 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 class Pool:
     spares_seen = 1
     cold_starts = 0
+    stream_binds = 1
+    ray_binds = 0
     bind_seconds = (0.1,)
 
 

@@ -100,9 +100,7 @@ class _ServerLink(FlowControlledLink):
             return
         handler = self._server.handler
         for frame in frames:
-            if self.transport.is_closing():
-                return
-            if self._binding is not None:
+            if self.transport.is_closing() or self._binding is not None:
                 return
             if self.conn is None:
                 self._first(frame)

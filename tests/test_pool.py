@@ -147,6 +147,27 @@ async def test_a_spare_whose_endpoint_cannot_be_reached_is_bound_through_ray(
     await handle.shutdown.remote("test")
 
 
+async def test_a_queued_spare_restarted_by_ray_is_bound_through_ray(
+    pool: WarmPool, redis_mgr: AsyncAzureRedisManager
+) -> None:
+    """Its new process listens elsewhere with another token: the address queued with it is
+    stale, so the stream bind fails (refused, or ``bad_token`` on a port reused) and Ray binds."""
+    await warm_up(pool, redis_mgr, 2)
+    oldest = (await redis_mgr.spare_names(pool.name))[0]  # the next call's
+    handle = await pool.handle(oldest)
+    pid = (await handle.info.remote())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    await eventually(lambda: _restarted(handle, pid), timeout=60)
+    call_id = f"call-{uuid.uuid4().hex[:10]}"
+    handle, endpoint = await pool.activate(call_id, {"caller_id": "+14255550100"})
+    assert (pool.stream_binds, pool.ray_binds) == (0, 1)
+    info = await handle.info.remote()
+    assert info["call_id"] == call_id and info["pid"] != pid
+    conn = await open_stream(endpoint.host, endpoint.port, endpoint.token, call_id, "media")
+    await conn.close()
+    await handle.shutdown.remote("test")
+
+
 async def test_spare_starts_wait_while_calls_are_set_up_but_not_for_long(
     redis_mgr: AsyncAzureRedisManager, config: CallActorConfig
 ) -> None:

@@ -138,13 +138,7 @@ async def test_a_spare_whose_endpoint_cannot_be_reached_is_bound_through_ray(
         key = redis_mgr.keys.worker_key(pool.name, Component.ADDRESSES)
         stale = Endpoint("127.0.0.1", dead_port, "stale-token", 0)
         await admin.hset(key, spare, encode_address(stale))
-    call_id = f"call-{uuid.uuid4().hex[:10]}"
-    handle, endpoint = await pool.activate(call_id, {"caller_id": "+14255550100"})
-    assert (pool.stream_binds, pool.ray_binds, pool.cold_starts) == (0, 1, 0)
-    assert (await handle.info.remote())["call_id"] == call_id
-    conn = await open_stream(endpoint.host, endpoint.port, endpoint.token, call_id, "media")
-    await conn.close()
-    await handle.shutdown.remote("test")
+    await serve_a_call_bound_through_ray(pool)
 
 
 async def test_a_queued_spare_restarted_by_ray_is_bound_through_ray(
@@ -158,14 +152,21 @@ async def test_a_queued_spare_restarted_by_ray_is_bound_through_ray(
     pid = (await handle.info.remote())["pid"]
     os.kill(pid, signal.SIGKILL)
     await eventually(lambda: _restarted(handle, pid), timeout=60)
+    assert (await serve_a_call_bound_through_ray(pool))["pid"] != pid
+
+
+async def serve_a_call_bound_through_ray(pool: WarmPool) -> dict[str, Any]:
+    """A new call on the pool's next spare: bound through Ray, not over the spare's stream
+    endpoint, and its stream endpoint opens. Returns the actor's ``info``."""
     call_id = f"call-{uuid.uuid4().hex[:10]}"
     handle, endpoint = await pool.activate(call_id, {"caller_id": "+14255550100"})
-    assert (pool.stream_binds, pool.ray_binds) == (0, 1)
-    info = await handle.info.remote()
-    assert info["call_id"] == call_id and info["pid"] != pid
+    assert (pool.stream_binds, pool.ray_binds, pool.cold_starts) == (0, 1, 0)
+    info: dict[str, Any] = await handle.info.remote()
+    assert info["call_id"] == call_id
     conn = await open_stream(endpoint.host, endpoint.port, endpoint.token, call_id, "media")
     await conn.close()
     await handle.shutdown.remote("test")
+    return info
 
 
 async def test_spare_starts_wait_while_calls_are_set_up_but_not_for_long(

@@ -20,21 +20,22 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed
 
-# redis-server from Debian packages, only if missing.
-system-deps:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "installing redis-server (Debian package)"; \
-	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
-	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server could not be installed" >&2; exit 1; }
-
-# promtool, which checks gateway/deploy/prometheus-rules.yaml in the tests: Debian's package
-# prometheus (its service is not started), only if missing.
-test-tools:
-	@command -v promtool >/dev/null 2>&1 || { \
-	  echo "installing promtool (Debian package prometheus)"; \
+# $(call debian,COMMAND,PACKAGE): unless COMMAND is on PATH, install Debian's PACKAGE (without
+# its recommends; a container starts no service), then fail if COMMAND is still missing.
+define debian
+	@command -v $(1) >/dev/null 2>&1 || { \
+	  echo "installing $(1) (Debian package $(2))"; \
 	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    --no-install-recommends prometheus >/dev/null; }
-	@command -v promtool >/dev/null 2>&1 || { echo "promtool could not be installed" >&2; exit 1; }
+	    --no-install-recommends $(2) >/dev/null; }
+	@command -v $(1) >/dev/null 2>&1 || { echo "$(1) could not be installed" >&2; exit 1; }
+endef
+
+system-deps:
+	$(call debian,redis-server,redis-server)
+
+# promtool checks gateway/deploy/prometheus-rules.yaml in the tests.
+test-tools:
+	$(call debian,promtool,prometheus)
 
 $(EMULATOR_DIR)/node_modules/.installed: $(EMULATOR_DIR)/package.json $(EMULATOR_DIR)/package-lock.json
 	cd $(EMULATOR_DIR) && npm ci --no-audit --no-fund --loglevel=error

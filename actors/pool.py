@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -183,7 +184,7 @@ class WarmPool:
                 log.warning("spare unreachable, binding through Ray: %s", type(exc).__name__)
             else:
                 self.stream_binds += 1
-                return Endpoint(address.host, address.port, address.token, epoch)
+                return dataclasses.replace(address, epoch=epoch)
         endpoint: Endpoint = await asyncio.wait_for(
             handle.bind.remote(call_id, incoming), self._timeout_s
         )
@@ -262,7 +263,7 @@ class WarmPool:
                     owner = await self._redis.bind_call_actor(
                         call_id, spare.name if spare else call_id
                     )
-                    if spare is not None and spare.address is not None and owner == spare.name:
+                    if spare and spare.address and owner == spare.name:
                         self._addresses[owner] = spare.address
                 if claimed:  # a spare claimed for the call but not its owner goes back
                     await self._redis.settle_spare_claim(self.name, call_id, owner)

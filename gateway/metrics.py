@@ -85,7 +85,7 @@ class PoolStats(Collector):
         binds = GaugeMetricFamily(
             "rtvoice_gateway_pool_binds",
             "Calls bound to their actor by this replica, by path: over a spare's stream endpoint,"
-            " or through Ray (a spare whose endpoint failed, a restarted actor)",
+            " or through Ray (a cold actor, a restarted one, a spare whose endpoint failed)",
             labels=["path"],
         )
         binds.add_metric(["stream"], self._pool.stream_binds)
